@@ -1,0 +1,1 @@
+"""dllm_rl: reinforcement learning for masked diffusion language models, in JAX."""

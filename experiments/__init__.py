@@ -1,0 +1,1 @@
+"""Gin entry points, configs and benchmarks."""
