@@ -20,3 +20,10 @@ def tiny_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_gqa_dir() -> pathlib.Path:
     return FIXTURES / "llada_tiny" / "gqa"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir() -> pathlib.Path:
+    """Character-level tokenizer in LLaDA's format matching the tiny model (vocab 160, EOS 150, mask 156);
+    written by `dllm_rl.tokenizer.build_char_tokenizer` (see tests/test_tokenizer.py)."""
+    return FIXTURES / "tiny_tokenizer"

@@ -149,7 +149,6 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
     expected = hf_names(config)
     shard_of = _shard_map(hf_dir)
     _check_names(expected, shard_of, hf_dir)
-    handles: dict[str, Any] = {}
     bar = tqdm(total=len(expected), desc="loading tensors", unit="tensor", disable=not progress)
     try:
         for path, names, transpose in _leaf_sources(config):
@@ -157,9 +156,10 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
             out = None
             for i, name in enumerate(names):
                 file = shard_of[name]
-                if file not in handles:
-                    handles[file] = _open_safetensors(file)
-                t = _read_tensor(handles[file], name, file, expected[name])
+                # A fresh memory map per tensor: mapped pages of finished tensors are released at once
+                # instead of accumulating in the resident set until the whole shard is done.
+                with _open_safetensors(file) as handle:
+                    t = _read_tensor(handle, name, file, expected[name])
                 t = t.T if transpose else t
                 if not stacked:
                     out = np.ascontiguousarray(t, dtype=np_dtype)
@@ -172,7 +172,6 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
             yield path, out
     finally:
         bar.close()
-        handles.clear()
 
 
 def _set_path(tree: dict, path: tuple[str, ...], value) -> None:

@@ -142,8 +142,11 @@ class LLaDAConfig:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_hf_dict(self) -> dict[str, Any]:
+        """An HF-style config.json dict that `from_hf_config` reads back to this config."""
+        return dict(dataclasses.asdict(self), model_type="llada", architectures=["LLaDAModelLM"],
+                    block_type="llama", activation_type="silu", layer_norm_type="rms", rope=True, alibi=False,
+                    weight_tying=False, include_bias=False, use_cache=False)
 
 
 def param_shapes(config: LLaDAConfig) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""Convert an HF LLaDA folder (safetensors) to an Orbax checkpoint folder.
+
+    python -m dllm_rl.convert --hf_dir /path/to/LLaDA-8B-Instruct --out_dir /path/to/llada8b --dtype bfloat16
+
+Tensors stream one at a time from the memory-mapped safetensors shards into per-layer stacked host arrays.
+Everything is written into a temporary sibling directory that is renamed to `out_dir` only when complete, so an
+interrupted or failed run leaves no half checkpoint. Config, generation-config and tokenizer files are copied.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from dllm_rl.checkpoint.hf import CheckpointError, iter_params, resolve_dtype
+from dllm_rl.checkpoint.orbax import write_model_dir
+from dllm_rl.models.llada import ConfigError, LLaDAConfig
+
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool = False,
+            progress: bool = True) -> LLaDAConfig:
+    """Converts and returns the model config; raises CheckpointError/ConfigError before writing anything."""
+    resolve_dtype(dtype)
+    if os.path.exists(out_dir) and not overwrite:
+        raise CheckpointError(f"{out_dir}: already exists; pass --overwrite or choose another --out_dir")
+    config = LLaDAConfig.from_hf_config(hf_dir)
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        raw_config = json.load(f)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        write_model_dir(tmp_dir, raw_config,
+                        ((".".join(path), arr) for path, arr in iter_params(hf_dir, config, dtype, progress=progress)))
+        for name in SIDE_FILES:
+            src = os.path.join(hf_dir, name)
+            if os.path.exists(src):
+                shutil.copy2(src, os.path.join(tmp_dir, name))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hf_dir", required=True, help="HF model folder (config.json + *.safetensors)")
+    parser.add_argument("--out_dir", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    args = parser.parse_args(argv)
+    try:
+        config = convert(args.hf_dir, args.out_dir, args.dtype, args.overwrite)
+    except (CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out_dir}: {config.num_params:,} params in {args.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

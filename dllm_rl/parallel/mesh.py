@@ -1,0 +1,134 @@
+"""Device mesh from a spec, logical-axis rules → `NamedSharding`s for params and batches.
+
+Each parameter carries logical axis names (`models.llada.param_logical_axes`); one rules table maps them to
+mesh axes (`data`, `fsdp`, `tensor`), so changing the parallelism strategy is a config change (MaxText's
+`logical_axis_rules`, big_vision's `sharding.py`). Meshes use Auto axis types project-wide, so
+`with_sharding_constraint` works inside jitted code (DESIGN.md §5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis → mesh axis (or tuple of axes, or None = replicated). FSDP shards the embedding dimension of
+# every weight; tensor parallelism shards heads, MLP width and vocabulary (Megatron layout).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("norm", None),
+    ("lora_rank", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Axis sizes; -1 on one axis takes all remaining devices (e.g. {"data": -1, "fsdp": 1, "tensor": 1})."""
+
+    shape: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+
+
+def resolve_shape(spec: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """Fills in the -1 axis and checks that the axis sizes multiply to the device count."""
+    unknown = sorted(set(spec) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"mesh spec has unknown axes {unknown}; use {list(MESH_AXES)}")
+    shape = {axis: int(spec.get(axis, 1)) for axis in MESH_AXES}
+    free = [a for a, n in shape.items() if n == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh spec {dict(spec)}: at most one axis may be -1")
+    if any(n == 0 or n < -1 for n in shape.values()):
+        raise ValueError(f"mesh spec {dict(spec)}: sizes must be positive or -1")
+    fixed = math.prod(n for n in shape.values() if n != -1)
+    if free:
+        if num_devices % fixed:
+            raise ValueError(f"mesh spec {dict(spec)}: {num_devices} devices are not divisible by {fixed}")
+        shape[free[0]] = num_devices // fixed
+    if math.prod(shape.values()) != num_devices:
+        raise ValueError(f"mesh spec {dict(spec)} needs {math.prod(shape.values())} devices, "
+                         f"{num_devices} are available; use -1 on one axis to absorb the rest")
+    return shape
+
+
+def make_mesh(spec: Mapping[str, int] | MeshConfig | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all) with Auto axis types."""
+    if isinstance(spec, MeshConfig):
+        spec = spec.shape
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_shape(spec or MeshConfig().shape, len(devices))
+    sizes = tuple(shape[a] for a in MESH_AXES)
+    try:
+        device_array = mesh_utils.create_device_mesh(sizes, devices=devices)
+    except Exception:  # non-physical topologies (CPU fake devices, subsets): plain row-major order
+        device_array = np.asarray(devices).reshape(sizes)
+    return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES, mesh: Mesh | None = None) -> P:
+    """PartitionSpec for one array; a mesh axis is used at most once, and size-1 axes are dropped."""
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in logical_axes:
+        if name is not None and name not in table:
+            raise KeyError(f"logical axis {name!r} has no sharding rule; add it to the rules table")
+        target = table.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        kept = tuple(a for a in targets if a not in used and (mesh is None or mesh.shape[a] > 1))
+        used.update(kept)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else kept)
+    return P(*out)
+
+
+def _is_axes(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
+
+
+def tree_shardings(mesh: Mesh, logical_tree: Any, rules=DEFAULT_RULES) -> Any:
+    """Tree of logical-axis tuples → tree of NamedSharding."""
+    return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(axes, rules, mesh)), logical_tree,
+                        is_leaf=_is_axes)
+
+
+def param_shardings(mesh: Mesh, config=None, rules=DEFAULT_RULES) -> Any:
+    """NamedSharding per LLaDA parameter (same tree as the params)."""
+    from dllm_rl.models.llada import param_logical_axes
+
+    del config  # the layout does not depend on sizes; kept for call-site symmetry with param_shapes(config)
+    return tree_shardings(mesh, param_logical_axes(), rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
+    """Sharding of a [B, ...] array: batch over the data-parallel axes, the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_divisible(shapes: Any, shardings: Any) -> None:
+    """Raises a clear error when a sharded dimension is not divisible by its mesh axes."""
+    def check(path, shape, sharding):
+        for dim, axes in zip(shape, sharding.spec):
+            if axes is None:
+                continue
+            size = math.prod(sharding.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if dim % size:
+                raise ValueError(f"parameter {jax.tree_util.keystr(path)} dimension {dim} is not divisible by "
+                                 f"mesh axes {axes} (size {size}); change the mesh spec or the rules")
+    jax.tree_util.tree_map_with_path(check, shapes, shardings, is_leaf=lambda s: isinstance(s, tuple))
