@@ -148,3 +148,16 @@ def test_config_errors_name_the_file(tmp_path):
 
 def test_multi_query_attention_means_one_kv_head():
     assert llada.LLaDAConfig.from_hf_config(tiny_config(multi_query_attention=True)).n_kv_heads == 1
+
+
+def test_8b_shapes_trace_without_allocating(fixtures_dir):
+    """The real 8B config traces through forward/forward_at (abstract shapes only, nothing allocated)."""
+    config = llada.LLaDAConfig.from_hf_config(fixtures_dir / "llada_8b_instruct_meta")
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16), llada.param_shapes(config),
+                          is_leaf=lambda s: isinstance(s, tuple))
+    ids = jax.ShapeDtypeStruct((2, 384), jnp.int32)
+    out = jax.eval_shape(lambda p, x: llada.forward(config, p, x, remat="full"), params, ids)
+    assert out.shape == (2, 384, 126464) and out.dtype == jnp.bfloat16
+    pos = jax.ShapeDtypeStruct((2, 3), jnp.int32)
+    assert jax.eval_shape(lambda p, x, q: llada.forward_at(config, p, x, q), params, ids, pos).shape == (2, 3, 126464)
+    assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(params)) == config.num_params

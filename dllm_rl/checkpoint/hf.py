@@ -193,7 +193,9 @@ def load_hf(hf_dir: str | os.PathLike, dtype: Any = "float32", shardings: Any = 
     if shardings is None:
         placer = lambda path, arr: jnp.asarray(arr)
     else:
-        placer = lambda path, arr: jax.device_put(arr, _get_path(shardings, path))
+        # Each device receives only its own slice (also across hosts, where device_put of the whole array fails).
+        placer = lambda path, arr: jax.make_array_from_callback(arr.shape, _get_path(shardings, path),
+                                                                lambda index: arr[index])
     params: dict = {}
     for path, arr in iter_params(hf_dir, config, dtype, progress=progress):
         _set_path(params, path, placer(path, arr))

@@ -1,0 +1,109 @@
+"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard, and plots.
+
+On resume, `MetricsWriter(workdir, resume_step=k)` drops rows logged after step k (they belong to the run that
+was interrupted and will be logged again), so the file always reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _to_python(value: Any) -> Any:
+    """numpy/jax scalars → plain floats/ints so every row is valid JSON (NaN/inf become null)."""
+    if hasattr(value, "item") and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """All rows of `workdir/metrics.jsonl` (an empty list when there is none); a torn last line is skipped."""
+    path = os.path.join(os.fspath(workdir), METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: everything after it is dropped too
+    return rows
+
+
+class MetricsWriter:
+    """Appends metric rows to JSONL and TensorBoard; keeps the JSONL consistent across resumes."""
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True):
+        self.workdir = os.fspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.path = os.path.join(self.workdir, METRICS_FILE)
+        kept = [r for r in read_metrics(self.workdir) if resume_step is not None and r.get("step", 0) <= resume_step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"), purge_step=resume_step)
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
+        row = {"step": int(step)}
+        row.update({k: _to_python(v) for k, v in scalars.items()})
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        return row
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def plot_metrics(workdir: str | os.PathLike, keys: Iterable[str] = ("reward_mean", "eval_reward_mean"),
+                 out_name: str = "reward_curve.png") -> str | None:
+    """Plots the given keys against step into `workdir/out_name`; returns the path (None if nothing to plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(workdir)
+    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = os.path.join(os.fspath(workdir), out_name)
+    fig.savefig(path + ".tmp.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return path
