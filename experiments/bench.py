@@ -1,0 +1,141 @@
+"""Benchmarks; one subcommand per workload, each printing one JSON line of results.
+
+  python -m experiments.bench sampler --model tiny --batch 2 --prompt_len 16 --gen_length 32 --block_length 8 \
+      --steps 16                                                   # CPU smoke run
+  python -m experiments.bench sampler --model 8b --dtype bfloat16 --batch 8 --prompt_len 128 --gen_length 384 \
+      --block_length 12 --steps 128 --temperature 0.6 --top_k 150 --top_p 0.99 --remasking random --record
+      # the AGRPO rollout target (DESIGN.md §6): <= 10 s, <= 20 GiB on one H100
+
+Random weights unless --hf_dir is given. MFU counts the matmul FLOPs a step really does: 2 x (non-embedding,
+non-head params) per sequence token, 2 x head params per scored position (logits only for the current block),
+and 4 x n_layers x T^2 x d_model of attention, summed over the steps actually run, over --peak_tflops.
+To add a workload: write add_<name>_args(parser) and run_<name>(args) -> dict, and register them in COMMANDS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_rl.models import llada
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_8B = REPO / "tests" / "fixtures" / "llada_8b_instruct_meta" / "config.json"
+
+
+def model_config(name: str) -> llada.LLaDAConfig:
+    """'8b': LLaDA-8B-Instruct's config.json; 'tiny': the golden-fixture sizes with room for long sequences."""
+    if name == "8b":
+        return llada.LLaDAConfig.from_hf_config(CONFIG_8B)
+    return llada.LLaDAConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, vocab_size=160,
+                             embedding_size=160, max_sequence_length=4096, mask_token_id=156, eos_token_id=150,
+                             pad_token_id=150)
+
+
+def load_model(args) -> tuple[llada.LLaDAConfig, dict]:
+    if args.hf_dir:
+        from dllm_rl.checkpoint import load_hf
+        return load_hf(args.hf_dir, dtype=args.dtype)
+    config = model_config(args.model)
+    init = jax.jit(lambda key: llada.init_params(config, key, jnp.dtype(args.dtype)))
+    return config, init(jax.random.key(args.seed))
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak device memory in use, where the backend reports it (GPU/TPU; None on CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def sampler_step_flops(config: llada.LLaDAConfig, batch: int, seq_len: int, scored: int) -> float:
+    """Matmul FLOPs of one denoising step (one forward of the sequence, LM head on `scored` positions)."""
+    head = config.d_model * config.embedding_size
+    body = config.num_params - 2 * head - config.d_model  # without embedding, LM head, ln_f
+    attention = 4 * config.n_layers * seq_len * seq_len * config.d_model
+    return float(batch * (2 * body * seq_len + 2 * head * scored + attention))
+
+
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=("tiny", "8b"), default="tiny")
+    p.add_argument("--hf_dir", default=None, help="load real weights from an HF folder instead of random ones")
+    p.add_argument("--dtype", default="float32", help="params / compute dtype, e.g. bfloat16")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt_len", type=int, default=128)
+    p.add_argument("--gen_length", type=int, default=256)
+    p.add_argument("--block_length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--cfg_scale", type=float, default=0.0)
+    p.add_argument("--record", action="store_true", help="AGRPO rollout with per-position records")
+    p.add_argument("--no_early_stop", action="store_true", help="run every step even if all rows end in EOS")
+    p.add_argument("--attention_impl", default=None, help="jax.nn.dot_product_attention implementation, e.g. cudnn")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak_tflops", type=float, default=989.0, help="device peak for MFU (H100 dense bf16: 989)")
+
+
+def run_sampler(args) -> dict:
+    from dllm_rl.sampling import generate
+
+    config, params = load_model(args)
+    prompt = np.random.default_rng(args.seed).integers(0, min(config.vocab_size, config.mask_token_id),
+                                                       (args.batch, args.prompt_len))
+    kwargs = dict(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
+                  temperature=args.temperature, remasking=args.remasking, top_k=args.top_k, top_p=args.top_p,
+                  cfg_scale=args.cfg_scale, record=args.record, early_stop=False if args.no_early_stop else None,
+                  attention_impl=args.attention_impl, rng=jax.random.key(args.seed))
+
+    t0 = time.perf_counter()
+    rollout = jax.block_until_ready(generate(config, params, prompt, **kwargs))
+    compile_and_first = time.perf_counter() - t0
+    times = []
+    for i in range(args.repeats):
+        kwargs["rng"] = jax.random.key(args.seed + 1 + i)
+        t0 = time.perf_counter()
+        rollout = jax.block_until_ready(generate(config, params, prompt, **kwargs))
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    steps_run = int(rollout.steps_run)
+    seq_len = args.prompt_len + args.gen_length
+    passes = 2 if args.cfg_scale > 0 else 1
+    flops = steps_run * sampler_step_flops(config, passes * args.batch, seq_len, args.block_length)
+    peak = peak_memory_bytes()
+    record_bytes = 0 if rollout.truncation is None else rollout.truncation.nbytes
+    return {
+        "bench": "sampler", "model": args.hf_dir or args.model, "dtype": args.dtype,
+        "device": str(jax.devices()[0].device_kind), "batch": args.batch, "prompt_len": args.prompt_len,
+        "gen_length": args.gen_length, "block_length": args.block_length, "steps": args.steps,
+        "steps_run": steps_run, "record": args.record, "top_k": args.top_k, "top_p": args.top_p,
+        "temperature": args.temperature, "seconds": seconds, "seconds_all": times,
+        "compile_and_first_s": compile_and_first,
+        "tokens_per_s": args.batch * args.gen_length / seconds, "ms_per_step": 1e3 * seconds / max(steps_run, 1),
+        "tflops": flops / seconds / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12),
+        "peak_memory_gib": None if peak is None else peak / 2**30, "truncation_record_mib": record_bytes / 2**20,
+    }
+
+
+COMMANDS = {"sampler": (add_sampler_args, run_sampler)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, _) in COMMANDS.items():
+        add_args(sub.add_parser(name))
+    args = parser.parse_args(argv)
+    result = COMMANDS[args.command][1](args)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
