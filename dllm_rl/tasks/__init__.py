@@ -1,0 +1,24 @@
+"""Tasks (GSM8K, MATH, Countdown, Sudoku; `reverse`, a procedural one for the CPU demo): data, prompts, rewards, metrics.
+
+    task = get_task("gsm8k")
+    example = task.load("train")[0]
+    messages = task.prompt(example)                       # AGRPO <think>/<answer>; style="d1" for <reasoning>
+    breakdown = task.reward(completion, example)          # RewardBreakdown(components=..., total=...)
+    score = task.score(completion, example)               # Score(extracted, correct) as AGRPO's eval grades
+
+See README.md in this folder for the reproduced quirks and data/README.md for data provenance.
+"""
+from dllm_rl.tasks import countdown, gsm8k, math_task, reverse, sudoku  # noqa: F401  (registers the tasks)
+from dllm_rl.tasks.base import (MAX_COMPLETION_CHARS, PROMPT_STYLES, REWARD_STYLES, RewardBreakdown, Score, Task,
+                                get_task, list_tasks, render_prompt, render_prompts)
+from dllm_rl.tasks.equivalence import warm_up as warm_up_math_verify
+
+__all__ = ["MAX_COMPLETION_CHARS", "PROMPT_STYLES", "REWARD_STYLES", "RewardBreakdown", "Score", "Task", "get_task",
+           "list_tasks", "render_prompt", "render_prompts", "warm_up_math_verify", "make_dataset"]
+
+
+def __getattr__(name):
+    if name == "make_dataset":  # grain is imported only when a pipeline is built
+        from dllm_rl.tasks.data import make_dataset
+        return make_dataset
+    raise AttributeError(f"module 'dllm_rl.tasks' has no attribute {name!r}")

@@ -1,0 +1,165 @@
+"""Evaluate a LLaDA checkpoint on a task at several generation lengths (the d1 / AGRPO protocol).
+
+    python -m experiments.eval --task gsm8k --lengths 128,256,512 --hf_dir /path/LLaDA-8B-Instruct --out_dir runs/eval
+
+Protocol (AGRPO `eval.yaml` / d1 `eval.py`): greedy decoding (temperature 0), low-confidence remasking,
+block length 32, steps = length × 0.5 (e.g. 128 steps for 256 tokens), one sample per problem, prompts
+left-padded with an attention mask. Every knob is a flag. Completions are decoded with special tokens
+kept (as AGRPO's eval does) and graded with `task.score`:
+
+- default metrics reproduce AGRPO's eval, quirks included: GSM8K keeps only the first integer of the
+  extracted answer ("1,200" → 1); Countdown grades the last "lhs = rhs" line anywhere in the answer;
+  Sudoku reports cell accuracy (partial credit), not puzzles solved;
+- `*_strict` metrics, reported next to them: GSM8K graded on the whole answer with math-verify, Countdown
+  only inside `<answer>`, Sudoku 1 only for a complete valid grid (MATH has no quirk: strict = default).
+
+Writes, under --out_dir: `{task}_{split}_len{L}.jsonl` (one line per example: index, prompt, completion,
+reference, extracted, correct, extracted_strict, correct_strict), `summary.json` (accuracy in % per task
+and length) and `summary.md` (the same as a table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from dllm_rl.tasks import get_task, list_tasks, render_prompts, warm_up_math_verify
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help=f"comma-separated task names: {','.join(list_tasks())}")
+    p.add_argument("--split", default=None, help="split to evaluate (default: each task's test split)")
+    p.add_argument("--lengths", default="128,256,512", help="comma-separated generation lengths")
+    p.add_argument("--block_length", type=int, default=32)
+    p.add_argument("--steps_per_token", type=float, default=0.5, help="steps = length × this (0.5: d1/AGRPO)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--prompt_style", choices=("agrpo", "d1"), default="agrpo")
+    p.add_argument("--max_prompt_tokens", type=int, default=None,
+                   help="keep only the last N prompt tokens (for small test models; never for reported numbers)")
+    p.add_argument("--hf_dir", default=None, help="HF LLaDA folder (config.json + safetensors)")
+    p.add_argument("--ckpt_dir", default=None, help="Orbax checkpoint written by dllm_rl.convert")
+    p.add_argument("--tokenizer_dir", default=None, help="tokenizer.json folder (default: the model folder)")
+    p.add_argument("--dtype", default="bfloat16", help="parameter dtype for --hf_dir (float32, bfloat16)")
+    p.add_argument("--out_dir", required=True)
+    args = p.parse_args(argv)
+    if (args.hf_dir is None) == (args.ckpt_dir is None):
+        p.error("give exactly one of --hf_dir and --ckpt_dir")
+    return args
+
+
+def load_model(args):
+    if args.hf_dir:
+        from dllm_rl.checkpoint import load_hf
+        return load_hf(args.hf_dir, dtype=args.dtype)
+    from dllm_rl.checkpoint import load_orbax
+    return load_orbax(args.ckpt_dir)
+
+
+def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
+    """steps = length × steps_per_token, checked against the block structure the sampler needs."""
+    steps = int(round(length * steps_per_token))
+    blocks = length // block_length
+    if length % block_length or steps <= 0 or steps % blocks:
+        raise SystemExit(f"length {length}: needs length % block_length == 0 and steps ({steps}) divisible by "
+                         f"the {blocks} blocks; change --lengths, --block_length or --steps_per_token")
+    return steps
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_tokens: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids and attention mask [N, P] of all prompts (P = the longest, so every batch has one
+    shape and one program is compiled); `max_tokens` keeps only each prompt's last tokens."""
+    ids = [tokenizer.encode(p)[-max_tokens:] if max_tokens else tokenizer.encode(p) for p in prompts]
+    width = max(len(x) for x in ids)
+    ids_NxP = np.full((len(ids), width), tokenizer.pad_token_id, np.int32)
+    mask_NxP = np.zeros((len(ids), width), np.int32)
+    for row, x in enumerate(ids):
+        ids_NxP[row, width - len(x):] = x
+        mask_NxP[row, width - len(x):] = 1
+    return ids_NxP, mask_NxP
+
+
+def generate_completions(config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.ndarray, *, length: int,
+                         steps: int, block_length: int, batch_size: int) -> list[str]:
+    """Greedy completions in batches of `batch_size` (the last one padded by repeating its final row)."""
+    import jax.numpy as jnp
+
+    from dllm_rl.sampling import generate
+
+    completions = []
+    for start in range(0, len(ids_NxP), batch_size):
+        rows = np.arange(start, start + batch_size).clip(max=len(ids_NxP) - 1)
+        rollout = generate(config, params, jnp.asarray(ids_NxP[rows]), steps=steps, gen_length=length,
+                           block_length=block_length, temperature=0.0, remasking="low_confidence",
+                           attention_mask=jnp.asarray(mask_NxP[rows]))
+        tokens_BxG = np.asarray(rollout.tokens)[:len(ids_NxP) - start, ids_NxP.shape[1]:]
+        completions += tokenizer.batch_decode(tokens_BxG, skip_special_tokens=False)
+    return completions
+
+
+def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: pathlib.Path) -> dict:
+    task = get_task(task_name)
+    split = args.split or task.default_eval_split
+    examples = task.load(split)[:args.limit]
+    prompts = render_prompts(tokenizer, task, examples, style=args.prompt_style)
+    ids_NxP, mask_NxP = encode_prompts(tokenizer, prompts, args.max_prompt_tokens)
+    results = {}
+    for length in [int(x) for x in args.lengths.split(",")]:
+        steps = steps_for(length, args.steps_per_token, args.block_length)
+        started = time.perf_counter()
+        completions = generate_completions(config, params, tokenizer, ids_NxP, mask_NxP, length=length,
+                                           steps=steps, block_length=args.block_length, batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
+        correct = correct_strict = 0.0
+        with open(out_dir / f"{task_name}_{split}_len{length}.jsonl", "w", encoding="utf-8") as f:
+            for i, (example, prompt, completion) in enumerate(zip(examples, prompts, completions)):
+                score, strict = task.score(completion, example), task.score(completion, example, strict=True)
+                correct += score.correct
+                correct_strict += strict.correct
+                f.write(json.dumps({"index": i, "prompt": prompt, "completion": completion,
+                                    "reference": task.reference_answer(example), "extracted": score.extracted,
+                                    "correct": score.correct, "extracted_strict": strict.extracted,
+                                    "correct_strict": strict.correct}, ensure_ascii=False) + "\n")
+        results[str(length)] = {"split": split, "n": len(examples), "steps": steps, "block_length": args.block_length,
+                                "accuracy": 100 * correct / len(examples),
+                                "accuracy_strict": 100 * correct_strict / len(examples),
+                                "generate_seconds": round(seconds, 3)}
+        print(f"{task_name}/{split} length {length}: {results[str(length)]['accuracy']:.2f}% "
+              f"(strict {results[str(length)]['accuracy_strict']:.2f}%), {seconds:.1f}s", flush=True)
+    return results
+
+
+def markdown_table(summary: dict) -> str:
+    lines = ["| task | split | length | steps | n | accuracy % | strict % |", "|---|---|---|---|---|---|---|"]
+    for task_name, by_length in summary.items():
+        for length, r in by_length.items():
+            lines.append(f"| {task_name} | {r['split']} | {length} | {r['steps']} | {r['n']} | "
+                         f"{r['accuracy']:.2f} | {r['accuracy_strict']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    task_names = args.task.split(",")
+    for name in task_names:
+        get_task(name)  # fail fast on a typo or a bad length, before loading a model
+    for length in args.lengths.split(","):
+        steps_for(int(length), args.steps_per_token, args.block_length)
+    from dllm_rl.tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_dir(args.tokenizer_dir or args.hf_dir or args.ckpt_dir)
+    config, params = load_model(args)
+    warm_up_math_verify()
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {name: evaluate_task(name, args, config, params, tokenizer, out_dir) for name in task_names}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""`python -m experiments.eval` end to end on the tiny golden checkpoint and tiny tokenizer."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("dllm_rl.sampling", reason="dllm_rl.sampling.generate is not available yet")
+
+
+def test_eval_writes_per_example_jsonl_and_summaries(tmp_path, tiny_dir, tiny_tokenizer_dir):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "experiments.eval", "--task", "gsm8k,sudoku", "--lengths", "32,64",
+           "--block_length", "32", "--limit", "3", "--batch_size", "2", "--max_prompt_tokens", "48",
+           "--hf_dir", str(tiny_dir), "--tokenizer_dir", str(tiny_tokenizer_dir), "--dtype", "float32",
+           "--out_dir", str(out)]
+    subprocess.run(cmd, check=True, timeout=600)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"gsm8k", "sudoku"} and set(summary["gsm8k"]) == {"32", "64"}
+    assert summary["gsm8k"]["64"]["steps"] == 32 and summary["sudoku"]["32"]["n"] == 3
+    for task in ("gsm8k", "sudoku"):
+        for length in (32, 64):
+            rows = [json.loads(line) for line in (out / f"{task}_test_len{length}.jsonl").read_text().splitlines()]
+            assert [r["index"] for r in rows] == [0, 1, 2]
+            assert all(set(r) >= {"prompt", "completion", "extracted", "correct", "correct_strict"} for r in rows)
+            assert all(0.0 <= r["correct"] <= 1.0 for r in rows)
+            accuracy = 100 * sum(r["correct"] for r in rows) / 3
+            assert summary[task][str(length)]["accuracy"] == pytest.approx(accuracy)
+    table = (out / "summary.md").read_text()
+    assert table.startswith("| task | split | length") and table.count("\n") == 2 + 4
+
+
+def test_eval_rejects_a_length_the_blocks_cannot_split(tmp_path, tiny_dir):
+    result = subprocess.run([sys.executable, "-m", "experiments.eval", "--task", "gsm8k", "--lengths", "48",
+                             "--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "block_length" in result.stderr
