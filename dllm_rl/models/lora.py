@@ -1,0 +1,169 @@
+"""LoRA adapters for the LLaDA params tree, without touching the model code.
+
+Targets are the paper's (spec/AGRPO.md §1.3): q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of every
+layer, optionally the LM head. Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the
+kernels), initialised as PEFT does (A Kaiming-uniform, B zero), so a fresh adapter leaves the model unchanged.
+
+Two ways to run the adapted model:
+- `apply_lora` (training): each target kernel becomes a `LoRAWeight`, which the model's `x @ kernel` evaluates as
+  x @ W + s·(x @ A) @ B. Neither the merged kernel nor its gradient is ever materialised, and W gets no gradient.
+- `merge_lora` (sampling, export): plain arrays W + s·A @ B, one matmul per kernel.
+The reference policy of the KL term ("LoRA off") is the base params themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+
+LAYER_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Rank r, scale α (the update is (α/r)·A@B), the per-layer kernels adapted, and whether the LM head is."""
+
+    rank: int = 64
+    alpha: float = 64.0
+    targets: tuple[str, ...] = LAYER_TARGETS
+    lm_head: bool = False
+
+    def __post_init__(self):
+        if self.rank <= 0:
+            raise ValueError(f"LoRAConfig.rank must be positive, got {self.rank}")
+        unknown = sorted(set(self.targets) - set(LAYER_TARGETS))
+        if unknown:
+            raise ValueError(f"LoRAConfig.targets has unknown kernel(s) {unknown}; choose from {LAYER_TARGETS}")
+        if not self.targets and not self.lm_head:
+            raise ValueError("LoRAConfig adapts nothing: give targets or set lm_head=True")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@jax.tree_util.register_pytree_node_class
+class LoRAWeight:
+    """A frozen kernel W [.., in, out] with a low-rank update; `x @ self` = x @ W + scale·(x @ A) @ B.
+
+    Quacks like the kernel where the model uses it (`.astype`, right-matmul, `.shape`, `.dtype`); `lax.scan` over
+    stacked layers slices W, A and B together since they are the pytree children.
+    """
+
+    def __init__(self, w, a, b, scale: float):
+        self.w, self.a, self.b, self.scale = w, a, b, scale
+
+    def tree_flatten(self):
+        return (self.w, self.a, self.b), self.scale
+
+    @classmethod
+    def tree_unflatten(cls, scale, children):
+        return cls(*children, scale)
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+    @property
+    def dtype(self):
+        return self.w.dtype
+
+    def astype(self, dtype) -> "LoRAWeight":
+        return LoRAWeight(self.w.astype(dtype), self.a.astype(dtype), self.b.astype(dtype), self.scale)
+
+    def __rmatmul__(self, x):
+        return x @ self.w + ((x @ self.a) @ self.b) * jnp.asarray(self.scale, x.dtype)
+
+
+def _targets(base: Params, config: LoRAConfig) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, base kernel) of every adapted kernel."""
+    out = [(("layers", name), base["layers"][name]) for name in config.targets]
+    if config.lm_head:
+        out.append((("lm_head",), base["lm_head"]))
+    return out
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def init_lora(base: Params, config: LoRAConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
+    """Fresh adapters {..: {"a": [.., in, r], "b": [.., r, out]}}: A ~ U(±1/√in) (PEFT's kaiming_uniform(a=√5)), B = 0."""
+    lora: Params = {}
+    targets = _targets(base, config)
+    for key, (path, w) in zip(jax.random.split(rng, len(targets)), targets):
+        *lead, d_in, d_out = w.shape
+        bound = 1.0 / math.sqrt(d_in)
+        a = jax.random.uniform(key, (*lead, d_in, config.rank), jnp.float32, -bound, bound).astype(dtype)
+        _set(lora, path, {"a": a, "b": jnp.zeros((*lead, config.rank, d_out), dtype)})
+    return lora
+
+
+def _with_targets(base: Params, config: LoRAConfig, make) -> Params:
+    """Copy of the base tree with every target kernel replaced by make(path, kernel)."""
+    out = dict(base)
+    out["layers"] = dict(base["layers"])
+    for path, w in _targets(base, config):
+        _set(out, path, make(path, w))
+    return out
+
+
+def apply_lora(base: Params, lora: Params, config: LoRAConfig) -> Params:
+    """Params for `llada.forward` with an added low-rank path on each target (usable inside jit; see module doc)."""
+    return _with_targets(base, config, lambda path, w: LoRAWeight(w, _get(lora, path)["a"], _get(lora, path)["b"],
+                                                                  config.scale))
+
+
+def merge_lora(base: Params, lora: Params, config: LoRAConfig) -> Params:
+    """Plain params with W + (α/r)·A@B on each target (computed in float32, cast to W's dtype)."""
+
+    def merge(path, w):
+        ad = _get(lora, path)
+        delta = jnp.einsum("...ir,...ro->...io", ad["a"].astype(jnp.float32), ad["b"].astype(jnp.float32))
+        return (w.astype(jnp.float32) + config.scale * delta).astype(w.dtype)
+
+    return _with_targets(base, config, merge)
+
+
+def lora_logical_axes(config: LoRAConfig, base_axes: Params) -> Params:
+    """Logical axis names of the adapters, from the base kernels' (`llada.param_logical_axes()`); rank is unsharded."""
+    axes: Params = {}
+    for path, kernel_axes in _targets(base_axes, config):
+        *lead, ax_in, ax_out = kernel_axes
+        _set(axes, path, {"a": (*lead, ax_in, None), "b": (*lead, None, ax_out)})
+    return axes
+
+
+def split_params(params: Params, lora_config: LoRAConfig | None, rng: jax.Array | None = None,
+                 dtype=jnp.float32) -> tuple[Params, Params | None]:
+    """(trainable, frozen): full fine-tuning → (params, None); LoRA → (fresh adapters, base params).
+
+    The optimizer sees only `trainable`; `policy_params` rebuilds the model params from the pair.
+    """
+    if lora_config is None:
+        return params, None
+    if rng is None:
+        raise ValueError("split_params: LoRA adapters need an rng key for A's initialisation; pass rng=")
+    return init_lora(params, lora_config, rng, dtype), params
+
+
+def policy_params(trainable: Params, frozen: Params | None, lora_config: LoRAConfig | None) -> Params:
+    """Model params of the policy: the trainable tree (full fine-tuning) or base + adapters (LoRA)."""
+    if lora_config is None:
+        return trainable
+    if frozen is None:
+        raise ValueError("policy_params: LoRA needs the frozen base params as `frozen`")
+    return apply_lora(frozen, trainable, lora_config)

@@ -1,0 +1,51 @@
+"""Group-relative advantages (GRPO): A_i = r_i − mean of the group of rows sampled from the same prompt.
+
+Rows are grouped consecutively: rows g·G … g·G+G−1 share a prompt (the layout of TRL's RepeatSampler, which
+the official AGRPO and d1 trainers use). Neither divides by the group std (spec/AGRPO.md §1.2, spec/D1.md), so
+`scale_by_std` defaults to False; with it, TRL's (r − mean)/(std + 1e-4) with the unbiased std is used.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+STD_EPS = 1e-4
+
+
+def check_group_size(batch_size: int, num_generations: int) -> None:
+    """Raises a ValueError naming the fix when the batch is not made of whole groups."""
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be ≥ 1, got {num_generations}")
+    if batch_size % num_generations:
+        raise ValueError(f"batch size {batch_size} is not a multiple of num_generations {num_generations}: "
+                         "each prompt's G completions must sit in consecutive rows of the same batch; "
+                         "use a batch size of (prompts per batch)·num_generations")
+
+
+def combine_rewards(rewards_BxF: jax.Array, weights_F: jax.Array | None = None) -> jax.Array:
+    """Weighted sum over reward functions; NaN (a reward function returning None) counts as 0, as TRL's nansum."""
+    if weights_F is not None:
+        rewards_BxF = rewards_BxF * weights_F
+    return jnp.nansum(rewards_BxF, axis=-1)
+
+
+def group_advantages(rewards_B: jax.Array, num_generations: int, scale_by_std: bool = False
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(advantages [B], stats): r − group mean (optionally / (std + 1e-4)), and reward / zero-std-group metrics."""
+    if rewards_B.ndim != 1:
+        raise ValueError(f"rewards must be 1-D [batch], got shape {rewards_B.shape}; sum reward functions first "
+                         "(combine_rewards)")
+    check_group_size(rewards_B.shape[0], num_generations)
+    r_NxG = rewards_B.astype(jnp.float32).reshape(-1, num_generations)
+    mean_Nx1 = r_NxG.mean(axis=1, keepdims=True)
+    std_Nx1 = (jnp.std(r_NxG, axis=1, ddof=1, keepdims=True) if num_generations > 1
+               else jnp.zeros_like(mean_Nx1))
+    adv_NxG = r_NxG - mean_Nx1
+    if scale_by_std:
+        adv_NxG = adv_NxG / (std_Nx1 + STD_EPS)
+    stats = {
+        "reward_mean": r_NxG.mean(),
+        "reward_std": std_Nx1.mean(),
+        "frac_reward_zero_std": jnp.isclose(std_Nx1, 0.0).mean(),
+    }
+    return adv_NxG.reshape(-1), stats

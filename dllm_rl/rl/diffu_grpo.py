@@ -1,0 +1,148 @@
+"""diffu-GRPO (d1, github.com/dllm-reasoning/d1 @837888f; spec/D1.md): the one-step mean-field baseline.
+
+Each completion token's log-prob is estimated by one forward pass in which the whole completion is masked and
+every prompt token is masked independently with probability `p_mask_prompt`; a fresh prompt mask is drawn for
+each of the μ inner iterations (`iteration_keys`), and the old/reference log-probs of iteration i use the same
+mask as the update of iteration i. Loss: PPO-clipped token ratio with a plain k3 KL to the reference,
+averaged over all completion tokens of the batch (tokens up to and including the first EOS). Log-probs are
+of the raw logits (no temperature), as d1 scores them.
+
+Difference from d1: the prompt padding mask is passed to the model as an attention mask (d1 runs without
+one), matching this project's sampler.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dllm_rl.models import llada
+from dllm_rl.models.lora import LoRAConfig, policy_params
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffuGRPOConfig:
+    """diffu-GRPO settings (defaults: d1's train.yaml; μ = 8 for Sudoku)."""
+
+    p_mask_prompt: float = 0.15
+    num_iterations: int = 12
+    epsilon: float = 0.5
+    beta: float = 0.04
+    num_generations: int = 6
+    remat: str = "none"
+    compute_dtype: str | None = None
+    attention_impl: str | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.p_mask_prompt <= 1.0:
+            raise ValueError(f"DiffuGRPOConfig.p_mask_prompt must be in [0, 1], got {self.p_mask_prompt}")
+        if self.num_iterations < 1 or self.num_generations < 1:
+            raise ValueError(f"DiffuGRPOConfig.num_iterations and num_generations must be ≥ 1, got "
+                             f"{self.num_iterations}, {self.num_generations}")
+        if not 0.0 <= self.epsilon < 1.0:
+            raise ValueError(f"DiffuGRPOConfig.epsilon must be in [0, 1), got {self.epsilon}")
+        if self.remat not in llada.REMAT_POLICIES:
+            raise ValueError(f"DiffuGRPOConfig.remat={self.remat!r}; choose one of {sorted(llada.REMAT_POLICIES)}")
+
+
+class DiffuGRPOBatch(NamedTuple):
+    """prompt_ids [B, P], prompt_mask [B, P] or None, completion_ids [B, L], completion_mask [B, L]
+    (`completion_mask()`), advantages [B]."""
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array | None
+    completion_ids: jax.Array
+    completion_mask: jax.Array
+    advantages: jax.Array
+
+
+def completion_mask(completion_ids_BxL: jax.Array, eos_token_id: int) -> jax.Array:
+    """bool [B, L]: positions up to and including the first EOS (all of them when there is none)."""
+    is_eos_BxL = completion_ids_BxL == eos_token_id
+    first_B = jnp.where(is_eos_BxL.any(axis=1), jnp.argmax(is_eos_BxL, axis=1), completion_ids_BxL.shape[1])
+    return jnp.arange(completion_ids_BxL.shape[1])[None, :] <= first_B[:, None]
+
+
+def iteration_keys(rng: jax.Array, num_iterations: int) -> jax.Array:
+    """One prompt-mask key per inner iteration (d1's per-iteration mask seeds)."""
+    return jax.random.split(rng, num_iterations)
+
+
+def perturb(rng: jax.Array, prompt_ids_BxP: jax.Array, completion_ids_BxL: jax.Array, p_mask_prompt: float,
+            mask_token_id: int) -> jax.Array:
+    """Model input [B, P+L]: completion all mask tokens, each prompt token masked with probability p."""
+    masked_BxP = jax.random.uniform(rng, prompt_ids_BxP.shape) < p_mask_prompt
+    prompt_BxP = jnp.where(masked_BxP, mask_token_id, prompt_ids_BxP)
+    return jnp.concatenate([prompt_BxP, jnp.full_like(completion_ids_BxL, mask_token_id)], axis=1)
+
+
+def completion_logps(model_config: llada.LLaDAConfig, params: Params, batch: DiffuGRPOBatch, rng: jax.Array,
+                     config: DiffuGRPOConfig) -> jax.Array:
+    """One-step log π(o_j | perturbed prompt, fully masked completion) [B, L], float32."""
+    p, l = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    input_ids_BxT = perturb(rng, batch.prompt_ids, batch.completion_ids.astype(batch.prompt_ids.dtype),
+                            config.p_mask_prompt, model_config.mask_token_id)
+    attention_mask_BxT = None
+    if batch.prompt_mask is not None:
+        attention_mask_BxT = jnp.concatenate(
+            [batch.prompt_mask.astype(bool), jnp.ones(batch.completion_ids.shape, bool)], axis=1)
+    positions_BxL = jnp.broadcast_to(p + jnp.arange(l), batch.completion_ids.shape)
+    logits_BxLxV = llada.forward_at(model_config, params, input_ids_BxT, positions_BxL, attention_mask_BxT,
+                                    compute_dtype=config.compute_dtype, remat=config.remat,
+                                    attention_impl=config.attention_impl).astype(jnp.float32)
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    return jnp.take_along_axis(logp_BxLxV, batch.completion_ids[..., None].astype(jnp.int32), axis=2)[..., 0]
+
+
+def grpo_token_loss(logp_BxL: jax.Array, old_logp_BxL: jax.Array, ref_logp_BxL: jax.Array | None,
+                    advantages_B: jax.Array, mask_BxL: jax.Array, epsilon: float, beta: float
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask, and metrics."""
+    ratio_BxL = jnp.exp(logp_BxL - old_logp_BxL)
+    adv_Bx1 = advantages_B[:, None].astype(logp_BxL.dtype)
+    unclipped_BxL = ratio_BxL * adv_Bx1
+    clipped_BxL = jnp.clip(ratio_BxL, 1.0 - epsilon, 1.0 + epsilon) * adv_Bx1
+    per_token_BxL = -jnp.minimum(unclipped_BxL, clipped_BxL)
+    mask_BxL = mask_BxL.astype(logp_BxL.dtype)
+    n_tokens = jnp.maximum(mask_BxL.sum(), 1.0)
+    metrics = {"clip_fraction": jnp.sum((unclipped_BxL > clipped_BxL) * mask_BxL) / n_tokens,
+               "ratio_mean": jnp.sum(ratio_BxL * mask_BxL) / n_tokens}
+    if beta:
+        if ref_logp_BxL is None:
+            raise ValueError("DiffuGRPOConfig.beta > 0 needs reference log-probs (ref_logp)")
+        delta_BxL = ref_logp_BxL - logp_BxL
+        kl_BxL = jnp.exp(delta_BxL) - delta_BxL - 1.0
+        per_token_BxL = per_token_BxL + beta * kl_BxL
+        metrics["kl"] = jnp.sum(kl_BxL * mask_BxL) / n_tokens
+    return jnp.sum(per_token_BxL * mask_BxL) / n_tokens, metrics
+
+
+def diffu_grpo_loss(trainable: Params, frozen: Params | None, batch: DiffuGRPOBatch, rng: jax.Array,
+                    old_logp_BxL: jax.Array | None, ref_logp_BxL: jax.Array | None, *,
+                    model_config: llada.LLaDAConfig, config: DiffuGRPOConfig, lora_config: LoRAConfig | None = None
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, metrics) of one inner iteration with prompt-mask key `rng`.
+
+    old_logp: `completion_logps` of the rollout-time policy under the same key (None with μ = 1: the current
+    log-probs, detached, as d1). ref_logp: the same for the reference (base) params, needed when β > 0.
+    """
+    params = policy_params(trainable, frozen, lora_config)
+    logp_BxL = completion_logps(model_config, params, batch, rng, config)
+    old_BxL = jax.lax.stop_gradient(logp_BxL) if old_logp_BxL is None else old_logp_BxL.astype(jnp.float32)
+    return grpo_token_loss(logp_BxL, old_BxL, ref_logp_BxL, batch.advantages, batch.completion_mask,
+                           config.epsilon, config.beta)
+
+
+def diffu_grpo_grad(trainable: Params, frozen: Params | None, batch: DiffuGRPOBatch, rng: jax.Array,
+                    old_logp_BxL: jax.Array | None, ref_logp_BxL: jax.Array | None, *,
+                    model_config: llada.LLaDAConfig, config: DiffuGRPOConfig, lora_config: LoRAConfig | None = None
+                    ) -> tuple[jax.Array, Params, dict[str, jax.Array]]:
+    """(loss, gradient w.r.t. `trainable`, metrics) of `diffu_grpo_loss`; pure and jit-able."""
+    (loss, metrics), grads = jax.value_and_grad(diffu_grpo_loss, has_aux=True)(
+        trainable, frozen, batch, rng, old_logp_BxL, ref_logp_BxL, model_config=model_config, config=config,
+        lora_config=lora_config)
+    return loss, grads, metrics

@@ -1,0 +1,116 @@
+"""LoRA adapters: zero-init identity, low-rank path = merged kernels, gradients only for the adapters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_rl.models import llada
+from dllm_rl.models.lora import (LAYER_TARGETS, LoRAConfig, LoRAWeight, apply_lora, init_lora, lora_logical_axes,
+                                 merge_lora, policy_params, split_params)
+
+CONFIG = llada.LLaDAConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=48, vocab_size=40,
+                           embedding_size=40, mask_token_id=39, eos_token_id=38, pad_token_id=38)
+IDS = jax.random.randint(jax.random.key(9), (2, 7), 0, 40)
+forward = jax.jit(lambda params: llada.forward(CONFIG, params, IDS))  # (eager scans are slow to dispatch)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return jax.jit(llada.init_params, static_argnums=0)(CONFIG, jax.random.key(0))
+
+
+def randomized(lora, seed=1, scale=0.1):
+    """Adapters with B ≠ 0 (a trained state)."""
+    leaves, treedef = jax.tree.flatten(lora)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def test_fresh_adapters_leave_the_model_unchanged(base):
+    cfg = LoRAConfig(rank=4, alpha=8.0, lm_head=True)
+    lora = init_lora(base, cfg, jax.random.key(1))
+    for path in LAYER_TARGETS:
+        assert lora["layers"][path]["a"].shape == base["layers"][path].shape[:2] + (4,)
+        assert lora["layers"][path]["b"].shape == (2, 4) + base["layers"][path].shape[2:]
+        assert not np.asarray(lora["layers"][path]["b"]).any()
+        bound = 1 / np.sqrt(base["layers"][path].shape[1])
+        a = np.asarray(lora["layers"][path]["a"])
+        assert np.abs(a).max() <= bound and np.abs(a).max() > 0.5 * bound  # PEFT's U(±1/√in)
+    ref = forward(base)
+    np.testing.assert_array_equal(forward(merge_lora(base, lora, cfg)), ref)
+    np.testing.assert_allclose(forward(apply_lora(base, lora, cfg)), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("lm_head", [False, True])
+def test_low_rank_path_equals_merged_kernels(base, lm_head):
+    cfg = LoRAConfig(rank=3, alpha=6.0, targets=("q_proj", "v_proj", "ff_out"), lm_head=lm_head)
+    lora = randomized(init_lora(base, cfg, jax.random.key(1)))
+    merged = merge_lora(base, lora, cfg)
+    np.testing.assert_allclose(merged["layers"]["q_proj"], base["layers"]["q_proj"] + 2.0 * jnp.einsum(
+        "nir,nro->nio", lora["layers"]["q_proj"]["a"], lora["layers"]["q_proj"]["b"]), rtol=1e-6, atol=1e-6)
+    assert (merged["lm_head"] is base["lm_head"]) != lm_head
+    assert merged["layers"]["k_proj"] is base["layers"]["k_proj"]
+    out_merged = forward(merged)
+    out_path = jax.jit(lambda b, a: llada.forward(CONFIG, apply_lora(b, a, cfg), IDS, remat="full"))(base, lora)
+    np.testing.assert_allclose(out_path, out_merged, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out_merged, forward(base), atol=1e-3)
+
+
+def test_gradients_reach_only_the_adapters(base):
+    cfg = LoRAConfig(rank=4, alpha=4.0, lm_head=True)
+    trainable, frozen = split_params(base, cfg, jax.random.key(1))
+    assert frozen is base
+
+    def loss(tr, fr, c):
+        return jnp.mean(llada.forward(CONFIG, policy_params(tr, fr, c), IDS) ** 2)
+
+    grad_fn = jax.jit(jax.grad(loss), static_argnums=2)
+    grads = grad_fn(trainable, frozen, cfg)
+    assert jax.tree.structure(grads) == jax.tree.structure(trainable)
+    # Fresh adapters: B = 0 so dL/dA = 0 while dL/dB ≠ 0, as in PEFT.
+    for path in LAYER_TARGETS:
+        assert not np.asarray(grads["layers"][path]["a"]).any()
+        assert np.asarray(grads["layers"][path]["b"]).any()
+    # Trained adapters: the low-rank path's gradient equals the merged kernels' gradient.
+    trained = randomized(trainable)
+    g_path = grad_fn(trained, frozen, cfg)
+    g_merged = jax.jit(jax.grad(lambda tr: jnp.mean(forward(merge_lora(frozen, tr, cfg)) ** 2)))(trained)
+    for a, b in zip(jax.tree.leaves(g_path), jax.tree.leaves(g_merged)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert np.asarray(a).any()
+    # Full fine-tuning: everything is trainable.
+    full, none = split_params(base, None)
+    assert full is base and none is None and policy_params(full, none, None) is base
+
+
+def test_bf16_base_with_float32_adapters(base):
+    cfg = LoRAConfig(rank=2, alpha=2.0)
+    base16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), base)
+    lora = randomized(init_lora(base16, cfg, jax.random.key(1)), scale=0.02)
+    out = forward(apply_lora(base16, lora, cfg))
+    assert out.dtype == jnp.bfloat16
+    ref = forward(merge_lora(base, lora, cfg))
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.15 * float(jnp.abs(ref).max()))
+
+
+def test_lora_weight_is_a_pytree_that_scans(base):
+    cfg = LoRAConfig(rank=2, alpha=2.0, targets=("q_proj",))
+    params = apply_lora(base, init_lora(base, cfg, jax.random.key(1)), cfg)
+    w = params["layers"]["q_proj"]
+    assert isinstance(w, LoRAWeight) and w.shape == base["layers"]["q_proj"].shape and w.dtype == jnp.float32
+    assert len(jax.tree.leaves(w)) == 3
+
+
+def test_logical_axes_and_errors():
+    cfg = LoRAConfig(rank=2, targets=("q_proj",), lm_head=True)
+    axes = lora_logical_axes(cfg, llada.param_logical_axes())
+    assert axes == {"layers": {"q_proj": {"a": ("layers", "embed", None), "b": ("layers", None, "heads")}},
+                    "lm_head": {"a": ("embed", None), "b": (None, "vocab")}}
+    with pytest.raises(ValueError, match="rank"):
+        LoRAConfig(rank=0)
+    with pytest.raises(ValueError, match="unknown kernel.*'o_proj'"):
+        LoRAConfig(targets=("q_proj", "o_proj"))
+    with pytest.raises(ValueError, match="rng"):
+        split_params({}, LoRAConfig())
+    with pytest.raises(ValueError, match="frozen"):
+        policy_params({}, None, LoRAConfig())
