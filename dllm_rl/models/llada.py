@@ -247,7 +247,8 @@ def _key_bias(key_mask_BxT: jax.Array, dtype) -> jax.Array:
     return jnp.where(key_mask_BxT.astype(bool), 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
-def _block(config: LLaDAConfig, x_BxTxD, layer, sin_TxHd, cos_TxHd, key_mask_BxT, attention_impl):
+def _qkv(config: LLaDAConfig, x_BxTxD, layer, sin_TxHd, cos_TxHd):
+    """Pre-norm q/k/v projections of one layer; q and k rotated for the positions of sin/cos."""
     b, t, _ = x_BxTxD.shape
     hd, h, kv = config.head_dim, config.n_heads, config.n_kv_heads
     dt = x_BxTxD.dtype
@@ -255,14 +256,24 @@ def _block(config: LLaDAConfig, x_BxTxD, layer, sin_TxHd, cos_TxHd, key_mask_BxT
     q_BxTxHxHd = (h_BxTxD @ layer["q_proj"].astype(dt)).reshape(b, t, h, hd)
     k_BxTxKxHd = (h_BxTxD @ layer["k_proj"].astype(dt)).reshape(b, t, kv, hd)
     v_BxTxKxHd = (h_BxTxD @ layer["v_proj"].astype(dt)).reshape(b, t, kv, hd)
-    q_BxTxHxHd = apply_rope(q_BxTxHxHd, sin_TxHd, cos_TxHd)
-    k_BxTxKxHd = apply_rope(k_BxTxKxHd, sin_TxHd, cos_TxHd)
-    a_BxTxHxHd = _attention(q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd, key_mask_BxT, attention_impl)
-    x_BxTxD = x_BxTxD + a_BxTxHxHd.reshape(b, t, h * hd) @ layer["attn_out"].astype(dt)
+    return apply_rope(q_BxTxHxHd, sin_TxHd, cos_TxHd), apply_rope(k_BxTxKxHd, sin_TxHd, cos_TxHd), v_BxTxKxHd
+
+
+def _attn_out_mlp(config: LLaDAConfig, x_BxTxD, a_BxTxHxHd, layer):
+    """The rest of a layer after attention: output projection, residual, SiLU-gated MLP, residual."""
+    b, t, _ = x_BxTxD.shape
+    dt = x_BxTxD.dtype
+    x_BxTxD = x_BxTxD + a_BxTxHxHd.reshape(b, t, config.n_heads * config.head_dim) @ layer["attn_out"].astype(dt)
     h_BxTxD = rms_norm(x_BxTxD, layer["ff_norm"], config.rms_norm_eps)
     gate_BxTxF = h_BxTxD @ layer["ff_proj"].astype(dt)
     up_BxTxF = h_BxTxD @ layer["up_proj"].astype(dt)
     return x_BxTxD + (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ layer["ff_out"].astype(dt)
+
+
+def _block(config: LLaDAConfig, x_BxTxD, layer, sin_TxHd, cos_TxHd, key_mask_BxT, attention_impl):
+    q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd = _qkv(config, x_BxTxD, layer, sin_TxHd, cos_TxHd)
+    a_BxTxHxHd = _attention(q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd, key_mask_BxT, attention_impl)
+    return _attn_out_mlp(config, x_BxTxD, a_BxTxHxHd, layer)
 
 
 REMAT_POLICIES = {
@@ -321,4 +332,62 @@ def forward_at(config: LLaDAConfig, params: Params, input_ids: jax.Array, positi
     """Logits [B, N, V] only at `positions_BxN`: hidden states are gathered before the LM head."""
     h_BxTxD = hidden_states(config, params, input_ids, attention_mask, **kwargs)
     h_BxNxD = jnp.take_along_axis(h_BxTxD, positions_BxN[..., None].astype(jnp.int32), axis=1)
+    return lm_head(params, h_BxNxD)
+
+
+def hidden_states_and_kv(config: LLaDAConfig, params: Params, input_ids_BxT: jax.Array,
+                         attention_mask_BxT: jax.Array | None = None, *, compute_dtype=None,
+                         attention_impl: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """ln_f hidden states [B, T, D] and every layer's keys (after RoPE) and values, [N, B, T, K, hd] each.
+
+    Slices [:, :, :P] of the K/V are the prefix cache `forward_window_at` attends to. Computed from the whole
+    sequence they are exact for that sequence (bidirectional attention: a prefix position's K/V at layers > 0
+    depend on the tokens right of it); computed from the prefix alone they are not.
+    """
+    dtype = compute_dtype or params["embed"].dtype
+    x_BxTxD = jnp.take(params["embed"], input_ids_BxT, axis=0).astype(dtype)
+    sin_TxHd, cos_TxHd = rope_tables(jnp.arange(input_ids_BxT.shape[1]), config.head_dim, config.rope_theta)
+
+    def layer_fn(x, layer):
+        q, k, v = _qkv(config, x, layer, sin_TxHd, cos_TxHd)
+        return _attn_out_mlp(config, x, _attention(q, k, v, attention_mask_BxT, attention_impl), layer), (k, v)
+
+    x_out_BxTxD, (k_NxBxTxKxHd, v_NxBxTxKxHd) = jax.lax.scan(layer_fn, x_BxTxD, params["layers"])
+    return rms_norm(x_out_BxTxD, params["ln_f"], config.rms_norm_eps), k_NxBxTxKxHd, v_NxBxTxKxHd
+
+
+def forward_window_at(config: LLaDAConfig, params: Params, window_ids_BxW: jax.Array, window_start,
+                      cache_k_NxBxSxKxHd: jax.Array, cache_v_NxBxSxKxHd: jax.Array, window_positions_BxN: jax.Array,
+                      cache_mask_BxS: jax.Array | None = None, window_mask_BxW: jax.Array | None = None, *,
+                      compute_dtype=None, attention_impl: str | None = None) -> jax.Array:
+    """Logits [B, N, V] at `window_positions_BxN` (indices into the window) of a window of tokens only.
+
+    The window's tokens sit at absolute positions window_start + 0..W-1 (RoPE uses those; window_start may be
+    traced). In every layer the window's queries attend to the cached keys/values (already rotated for their own
+    positions; `cache_mask_BxS` 1 = visible, for key padding and to hide cached entries the window replaces) and
+    to the window's own keys/values (`window_mask_BxW`). When the cache holds, for every position outside the
+    window, the K/V that `hidden_states_and_kv` gives for the full sequence, this equals `forward_at` on that
+    sequence (up to float summation order); a cache from an older sequence makes it an approximation.
+    """
+    dtype = compute_dtype or params["embed"].dtype
+    b, w = window_ids_BxW.shape
+    s = cache_k_NxBxSxKxHd.shape[2]
+    x_BxWxD = jnp.take(params["embed"], window_ids_BxW, axis=0).astype(dtype)
+    sin_WxHd, cos_WxHd = rope_tables(window_start + jnp.arange(w), config.head_dim, config.rope_theta)
+    key_mask_BxSW = None
+    if cache_mask_BxS is not None or window_mask_BxW is not None:
+        cache_m = jnp.ones((b, s), bool) if cache_mask_BxS is None else cache_mask_BxS.astype(bool)
+        window_m = jnp.ones((b, w), bool) if window_mask_BxW is None else window_mask_BxW.astype(bool)
+        key_mask_BxSW = jnp.concatenate([jnp.broadcast_to(cache_m, (b, s)), jnp.broadcast_to(window_m, (b, w))], 1)
+
+    def layer_fn(x, layer_and_cache):
+        layer, ck_BxSxKxHd, cv_BxSxKxHd = layer_and_cache
+        q, k, v = _qkv(config, x, layer, sin_WxHd, cos_WxHd)
+        k_all = jnp.concatenate([ck_BxSxKxHd.astype(dtype), k], axis=1)
+        v_all = jnp.concatenate([cv_BxSxKxHd.astype(dtype), v], axis=1)
+        return _attn_out_mlp(config, x, _attention(q, k_all, v_all, key_mask_BxSW, attention_impl), layer), None
+
+    x_out_BxWxD, _ = jax.lax.scan(layer_fn, x_BxWxD, (params["layers"], cache_k_NxBxSxKxHd, cache_v_NxBxSxKxHd))
+    h_BxWxD = rms_norm(x_out_BxWxD, params["ln_f"], config.rms_norm_eps)
+    h_BxNxD = jnp.take_along_axis(h_BxWxD, window_positions_BxN[..., None].astype(jnp.int32), axis=1)
     return lm_head(params, h_BxNxD)

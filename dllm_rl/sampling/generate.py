@@ -18,8 +18,29 @@ Early stop (default on with record): at a block start, a row whose previous bloc
 remaining position (unmask step = the current step), takes no further commits, and the loop ends once every row
 is done. Block 0 has no previous block (the AGRPO reference inspects an empty or prompt slice there; not copied).
 Ties among position scores are broken towards the lower position (the references leave the order unspecified).
-Exact ties at the top-p cut are ordered by token id (truncation.py). Not implemented yet: the fast mode (prefix
-KV cache, confidence-threshold parallel decoding); every step runs the full sequence through the model.
+Exact ties at the top-p cut are ordered by token id (truncation.py).
+
+Fast mode (`fast=True`, off by default; approximate, so it CHANGES OUTPUTS): at each block start one full forward
+of the current sequence stores every layer's keys/values of every position (`llada.hidden_states_and_kv`); each
+step of the block then runs only the block's bl tokens (`llada.forward_window_at`), attending to the cached K/V of
+everything left of the block (the prefix cache) and right of it (the masked suffix), plus its own fresh K/V.
+This is Fast-dLLM's DualCache. Why a full forward and not a prefix-only pass: with bidirectional attention the
+prefix's K/V depend on the tokens right of it, so only the full forward makes the block's first step exact (the
+tests check it is). Why block-only windows rather than block + suffix: the window keeps the static shape bl in a
+single while_loop (a block + suffix window would change length per block, or be padded to gen_length and save
+little), a step costs bl instead of P + gen tokens, and the suffix is still seen, through its block-start K/V (its
+tokens are mask tokens throughout the block; only their deeper-layer K/V go stale). Steps with open positions
+left of the block (infill prompts, committed mask ids) run the exact full-sequence step instead.
+`parallel_threshold` (fast mode, low_confidence) is Fast-dLLM's threshold decoding: each step commits every open
+block position whose confidence exceeds it, and at least the best one; a block ends when it has no open position
+(or after bl steps), so the step count is dynamic and `steps` does not set it. Model calls = steps_run window
+(or straggler) passes + one full pass per block. Not allowed with record=True: the RL loss needs the exact
+likelihoods of the policy that sampled.
+Measured on the golden fixtures (2 rows x 16 generated tokens, blocks of 8, 8 steps), generated tokens that
+differ from the exact (reference) output: t0_lowconf 3/32 (GQA model: 4/32), t0_lowconf_cfg1 4/32, t08_lowconf
+(Gumbel draws replayed) 12/32, t0_random (random remasking, draws replayed) 19/32; the state after step 0 is
+identical in all five. These tiny random models are a hard case (confidences rarely above 0.5, so small logit shifts
+change choices, and early changes propagate); tests/test_sampling_fast.py pins the numbers.
 """
 from __future__ import annotations
 
@@ -44,7 +65,8 @@ class Rollout:
     """Result of `generate`.
 
     tokens [B, P+gen] int32 (prompt included); unmask_step [B, gen] int32, the step (0-based, global) at which
-    each generated position was last committed (-1: never); steps_run, scalar int32 (< steps after an early stop).
+    each generated position was last committed (-1: never); steps_run, scalar int32 (< steps after an early stop;
+    with parallel_threshold, the dynamic number of steps).
     With record=True also logp / entropy [B, gen] float32 of the committed token under the temperature-scaled,
     truncated distribution of its step, and `truncation` (see truncation.py); otherwise these are None.
     """
@@ -66,6 +88,10 @@ class _State(NamedTuple):
     logp_BxG: Any          # float32 records (None unless record)
     ent_BxG: Any
     bits_BxGxW: Any        # uint8 packed truncation sets (None unless record and truncating)
+    block: Any = None      # fast mode: scalar int32 current block (steps per block vary with parallel_threshold)
+    block_step: Any = None  # fast mode: scalar int32 steps run in the current block
+    cache_k: Any = None    # fast mode: [N, M, T, K, hd] keys / values of the sequence at the block start
+    cache_v: Any = None    #   (M = B, or 2B with cfg: conditional rows, then unconditional ones)
 
 
 def generate(config: llada.LLaDAConfig, params, prompt_ids, *, steps: int, gen_length: int, block_length: int,
@@ -74,7 +100,8 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, *, steps: int, gen_l
              confidence_eos_eot_inf: bool = False, eos_logit_id: int = REFERENCE_EOS_ID,
              eot_logit_id: int = REFERENCE_EOT_ID, rng: jax.Array | None = None, record: bool = False,
              early_stop: bool | None = None, infill: bool = False, mesh: jax.sharding.Mesh | None = None,
-             compute_dtype=None, attention_impl: str | None = None, draws: dict | None = None) -> Rollout:
+             compute_dtype=None, attention_impl: str | None = None, draws: dict | None = None, fast: bool = False,
+             parallel_threshold: float | None = None) -> Rollout:
     """Samples `gen_length` tokens after `prompt_ids` [B, P] in blocks of `block_length`, `steps` steps in all.
 
     temperature 0 is greedy (top-k/top-p then do nothing, as in AGRPO); otherwise tokens are drawn by Gumbel-max
@@ -86,6 +113,10 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, *, steps: int, gen_l
     batch is split over its data axes (`parallel.mesh.batch_sharding`); params already on the mesh keep their
     shardings, others are replicated.
 
+    `fast=True` runs the approximate cached mode (module docstring; it changes outputs, not allowed with record);
+    `parallel_threshold` (with fast) commits, per step, every masked block position whose confidence exceeds it
+    and at least the most confident one, so `steps` no longer sets the step count (`Rollout.steps_run` does).
+
     `draws` is a testing/replay hook, not for normal use: {"gumbel": u [steps, B, P+gen, V],
     "score": u [steps, B, P+gen]} uniforms in [0, 1) (float64 allowed) consumed instead of `rng`: the Gumbel
     noise of step s at position t is -log(-log u[s, :, t]) and the random-remasking score is u[s, :, t].
@@ -95,8 +126,12 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, *, steps: int, gen_l
         remasking=remasking, top_k=None if top_k in (None, 0) else int(top_k), top_p=float(top_p),
         cfg_scale=float(cfg_scale), logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
         eos_logit_id=int(eos_logit_id), eot_logit_id=int(eot_logit_id), record=record,
-        early_stop=record if early_stop is None else bool(early_stop), infill=infill)
+        early_stop=record if early_stop is None else bool(early_stop), infill=infill, fast=bool(fast),
+        parallel_threshold=None if parallel_threshold is None else float(parallel_threshold))
     validate_inputs(config, sampler, prompt_ids, attention_mask)
+    if draws is not None and sampler.parallel_threshold is not None:
+        raise SamplerInputError("draws are indexed by a fixed step count; they cannot drive parallel_threshold, "
+                                "whose step count is dynamic (pass rng instead)")
     needs_random = sampler.temperature > 0 or sampler.remasking == "random"
     if draws is not None:
         draws = _prepare_draws(sampler, draws, np.shape(prompt_ids))
@@ -170,22 +205,51 @@ def _generate(config, sampler: SamplerConfig, compute_dtype, attention_impl, par
             return (s.unmask_BxT < 0) & gen_T[None]
         return s.x_BxT == mask_id
 
-    def logits_at(x, start, n):
-        """float32 logits [B, n, V] at positions start..start+n-1 (classifier-free guided when cfg_scale > 0)."""
-        kw = dict(compute_dtype=compute_dtype, attention_impl=attention_impl)
-        pos_BxN = jnp.broadcast_to(start + jnp.arange(n), (b, n))
+    kw = dict(compute_dtype=compute_dtype, attention_impl=attention_impl)
+
+    def model_inputs(x):
+        """(ids [M, T], key mask [M, T] or None) the model runs on: x, and with cfg_scale > 0 below it the
+        unconditional copy (prompt fully masked)."""
         if sampler.cfg_scale > 0:
             un_x = jnp.where(prompt_index_BxT, mask_id, x)
             am = None if attn_BxT is None else jnp.concatenate([attn_BxT, attn_BxT])
-            both = llada.forward_at(config, params, jnp.concatenate([x, un_x]), jnp.concatenate([pos_BxN] * 2),
-                                    am, **kw).astype(jnp.float32)
-            cond_BxNxV, uncond_BxNxV = both[:b], both[b:]
+            return jnp.concatenate([x, un_x]), am
+        return x, attn_BxT
+
+    def guide(logits_MxNxV):
+        """float32 logits [B, N, V] from the model rows: classifier-free guided when cfg_scale > 0."""
+        logits = logits_MxNxV.astype(jnp.float32)
+        if sampler.cfg_scale > 0:
+            cond_BxNxV, uncond_BxNxV = logits[:b], logits[b:]
             logits = uncond_BxNxV + (sampler.cfg_scale + 1.0) * (cond_BxNxV - uncond_BxNxV)
-        else:
-            logits = llada.forward_at(config, params, x, pos_BxN, attn_BxT, **kw).astype(jnp.float32)
         if sampler.logits_eos_inf:
             logits = _set_neg_inf(logits, sampler.eos_logit_id)
         return logits
+
+    def logits_at(x, start, n):
+        """float32 logits [B, n, V] at positions start..start+n-1 (classifier-free guided when cfg_scale > 0)."""
+        ids_MxT, am_MxT = model_inputs(x)
+        pos_MxN = jnp.broadcast_to(start + jnp.arange(n), (ids_MxT.shape[0], n))
+        return guide(llada.forward_at(config, params, ids_MxT, pos_MxN, am_MxT, **kw))
+
+    def refresh_cache(s: _State) -> _State:
+        """Fast mode, at a block start: keys/values of every position of the current sequence (one full forward,
+        not a prefix-only pass: prefix K/V depend on the tokens right of them, and the suffix K/V are used too)."""
+        ids_MxT, am_MxT = model_inputs(s.x_BxT)
+        _, k, v = llada.hidden_states_and_kv(config, params, ids_MxT, am_MxT, **kw)
+        return s._replace(cache_k=k, cache_v=v)
+
+    def window_logits(s: _State, start):
+        """Fast mode: float32 logits [B, bl, V] of the block at `start`, running the block only; it attends to
+        the cached K/V of every position outside the block (key padding still applied) and to its own."""
+        ids_MxT, am_MxT = model_inputs(s.x_BxT)
+        m = ids_MxT.shape[0]
+        outside_T = (pos_T < start) | (pos_T >= start + bl)
+        cache_mask_MxT = outside_T[None] if am_MxT is None else (am_MxT != 0) & outside_T[None]
+        window_MxW = jax.lax.dynamic_slice(ids_MxT, (0, start), (m, bl))
+        pos_MxW = jnp.broadcast_to(jnp.arange(bl), (m, bl))
+        return guide(llada.forward_window_at(config, params, window_MxW, start, s.cache_k, s.cache_v, pos_MxW,
+                                             cache_mask_MxT, **kw))
 
     def draw(step, start, n):
         """(gumbel [B, n, V] or None, score uniforms [B, n] or None) for this step's candidate positions."""
@@ -206,7 +270,13 @@ def _generate(config, sampler: SamplerConfig, compute_dtype, attention_impl, par
 
     def commit(s: _State, start: int | jax.Array, n: int, block_end, count_B) -> _State:
         """One denoising step over candidate positions start..start+n-1 (those < block_end and open)."""
-        logits = logits_at(s.x_BxT, start, n)
+        return commit_logits(s, logits_at(s.x_BxT, start, n), start, n, block_end, count_B)
+
+    def commit_logits(s: _State, logits, start, n: int, block_end, count_B) -> _State:
+        """`commit` given the step's float32 logits [B, n, V] at start..start+n-1.
+
+        Commits the count_B best-scored candidates; with parallel_threshold, also every candidate scoring above
+        it (rows with count_B 0 commit nothing)."""
         scaled = trunc.scale_logits(logits, sampler.temperature)
         keep = trunc.keep_mask(scaled, sampler.top_k, sampler.top_p) if sampler.truncates else None
         gum, uniform_BxN = draw(s.step, start, n)
@@ -228,6 +298,8 @@ def _generate(config, sampler: SamplerConfig, compute_dtype, attention_impl, par
         cand_BxN = open_BxN & (pos_N < block_end)[None]
         rank_BxN = _descending_rank(jnp.where(cand_BxN, score_BxN, -jnp.inf))
         sel_BxN = cand_BxN & (rank_BxN < count_B[:, None])
+        if sampler.parallel_threshold is not None:
+            sel_BxN = sel_BxN | (cand_BxN & (score_BxN > sampler.parallel_threshold) & (count_B > 0)[:, None])
         x_old = jax.lax.dynamic_slice(s.x_BxT, (0, start), (b, n))
         um_old = jax.lax.dynamic_slice(s.unmask_BxT, (0, start), (b, n))
         s = s._replace(
@@ -274,6 +346,36 @@ def _generate(config, sampler: SamplerConfig, compute_dtype, attention_impl, par
     def cond(s: _State) -> jax.Array:
         return (s.step < sampler.steps) & ~jnp.all(s.done_B)
 
+    def fast_body(s: _State) -> _State:
+        """One fast-mode step of block `s.block`; at the block's end, the next block starts with a fresh cache."""
+        start = p + s.block * bl
+        block_end = start + bl
+        if sampler.parallel_threshold is None:
+            count_B = jnp.where(s.done_B, 0, transfer_count(s.masked_B, spb, s.block_step))
+        else:
+            count_B = jnp.where(s.done_B, 0, 1)
+
+        def window_step(s: _State) -> _State:
+            return commit_logits(s, window_logits(s, start), start, bl, block_end, count_B)
+
+        # positions left of the block still open (infill prompt, committed mask ids): an exact full-sequence step
+        straggler = jnp.any(is_open(s) & (pos_T < start)[None])
+        s = jax.lax.cond(straggler, functools.partial(commit, start=0, n=t, block_end=block_end, count_B=count_B),
+                         window_step, s)
+        s = s._replace(step=s.step + 1, block_step=s.block_step + 1)
+        if sampler.parallel_threshold is None:
+            ends = s.block_step == spb
+        else:  # every row's block committed, or bl steps (a committed mask id keeps a position open)
+            open_B = jnp.any(jax.lax.dynamic_slice(is_open(s), (0, start), (b, bl)), axis=1)
+            ends = ~jnp.any(open_B & ~s.done_B) | (s.block_step == bl)
+        s = s._replace(block=s.block + ends.astype(jnp.int32), block_step=jnp.where(ends, 0, s.block_step))
+        next_block = ends & (s.block < sampler.num_blocks)
+        s = begin_block(s, s.block, next_block)
+        return jax.lax.cond(next_block & ~jnp.all(s.done_B), refresh_cache, lambda s: s, s)
+
+    def fast_cond(s: _State) -> jax.Array:
+        return (s.block < sampler.num_blocks) & ~jnp.all(s.done_B)
+
     w = -(-vocab // 8)
     state = _State(
         step=jnp.int32(0), x_BxT=x_BxT, unmask_BxT=jnp.full((b, t), -1, jnp.int32),
@@ -282,7 +384,11 @@ def _generate(config, sampler: SamplerConfig, compute_dtype, attention_impl, par
         ent_BxG=jnp.zeros((b, g), jnp.float32) if sampler.record else None,
         bits_BxGxW=jnp.full((b, g, w), 255, jnp.uint8) if record_bits else None)
     state = begin_block(state, jnp.int32(0), jnp.bool_(True))
-    state = jax.lax.while_loop(cond, body, state)
+    if sampler.fast:
+        state = refresh_cache(state._replace(block=jnp.int32(0), block_step=jnp.int32(0)))
+        state = jax.lax.while_loop(fast_cond, fast_body, state)
+    else:
+        state = jax.lax.while_loop(cond, body, state)
     truncation = trunc.TruncationRecord(bits=state.bits_BxGxW, vocab_size=vocab) if sampler.record else None
     return Rollout(tokens=state.x_BxT, unmask_step=state.unmask_BxT[:, p:], steps_run=state.step,
                    logp=state.logp_BxG, entropy=state.ent_BxG, truncation=truncation)

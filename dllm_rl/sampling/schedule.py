@@ -31,6 +31,10 @@ class SamplerConfig:
     it equals the mask id, and per-position unmask step, log-prob, entropy and truncation set are recorded.
     `record=False` follows LLaDA's generate(): low_confidence confidence is the softmax probability of the
     un-tempered logits and a position stays open while it holds the mask id.
+    `fast=True` is the approximate cached mode (generate.py): each step runs only the current block, attending to
+    keys/values of the rest of the sequence computed at the block start. `parallel_threshold` (fast mode only)
+    replaces the per-step schedule by Fast-dLLM's rule: commit every candidate whose confidence exceeds it, and
+    at least the most confident one.
     """
 
     steps: int
@@ -48,6 +52,8 @@ class SamplerConfig:
     record: bool = False
     early_stop: bool = False
     infill: bool = False
+    fast: bool = False
+    parallel_threshold: float | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -91,6 +97,18 @@ class SamplerConfig:
         if self.record and self.infill:
             raise SamplerInputError("infill (mask tokens in the prompt) is not supported with record=True: the "
                                     "AGRPO rollout only unmasks the generated blocks")
+        if self.fast and self.record:
+            raise SamplerInputError("fast=True cannot be combined with record=True: the RL loss needs the exact "
+                                    "likelihoods of the policy that sampled, and the cached logits of fast mode are "
+                                    "an approximation of that policy; run the exact sampler for rollouts")
+        if self.parallel_threshold is not None:
+            if not self.fast:
+                raise SamplerInputError("parallel_threshold is part of fast mode; pass fast=True as well")
+            if self.remasking != "low_confidence":
+                raise SamplerInputError(f"parallel_threshold thresholds a probability: it needs "
+                                        f"remasking='low_confidence', got {self.remasking!r}")
+            if not 0.0 <= self.parallel_threshold <= 1.0:
+                raise SamplerInputError(f"parallel_threshold must be in [0, 1], got {self.parallel_threshold}")
 
 
 def validate_inputs(config, sampler: SamplerConfig, prompt_ids, attention_mask=None) -> None:
