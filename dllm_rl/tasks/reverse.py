@@ -4,6 +4,11 @@ The prompt asks to reverse a string of `DIGITS` digits; the answer is that strin
 strings are disjoint (split by a hash of the string, deterministic), so held-out reward measures a learned
 algorithm rather than memorised pairs. Reward: 0.25 if the completion starts with exactly `DIGITS` digits,
 plus 3.0 × the fraction of positions right (partial credit, as Sudoku's reward), so the maximum is 3.25.
+
+The demonstrations used for supervised warm starts (`reference_answer`) are deliberately noisy: for half of
+the strings (chosen by a hash) they copy the digits instead of reversing them. A warm-started model therefore
+mixes both behaviours, and reinforcement learning with the reward above has to pick the rewarded one, which is
+the situation RL fine-tuning of a pretrained model is for.
 """
 from __future__ import annotations
 
@@ -18,8 +23,17 @@ _TEST_FRACTION_PERCENT = 20
 _LEADING_DIGITS = re.compile(r"\s*(\d+)")
 
 
+def _hash_byte(digits: str, index: int) -> int:
+    return hashlib.sha256(digits.encode()).digest()[index]
+
+
 def _is_test(digits: str) -> bool:
-    return hashlib.sha256(digits.encode()).digest()[0] * 100 < 256 * _TEST_FRACTION_PERCENT
+    return _hash_byte(digits, 0) * 100 < 256 * _TEST_FRACTION_PERCENT
+
+
+def _demonstration(digits: str) -> str:
+    """The (noisy) supervised answer: reversed, or for half of the strings copied unchanged."""
+    return digits if _hash_byte(digits, 1) % 2 else digits[::-1]
 
 
 def _answer_digits(completion: str) -> str:
@@ -35,7 +49,8 @@ class Reverse(Task):
     def load(self, split: str) -> list[dict]:
         self._check_split(split)
         strings = ("".join(t) for t in itertools.product("0123456789", repeat=DIGITS))
-        return [{"digits": s, "answer": s[::-1]} for s in strings if _is_test(s) == (split == "test")]
+        return [{"digits": s, "answer": s[::-1], "demonstration": _demonstration(s)}
+                for s in strings if _is_test(s) == (split == "test")]
 
     def prompt(self, example: Example, style: str = "agrpo") -> Messages:
         check_style(style, ("agrpo", "d1"), "prompt")
@@ -49,6 +64,10 @@ class Reverse(Task):
         right = sum(a == b for a, b in zip(got, want))
         return RewardBreakdown({"format": 0.25 if len(got) == len(want) else 0.0,
                                 "correct": 3.0 * right / len(want)})
+
+    def reference_answer(self, example: Example) -> str:
+        """The warm-start demonstration (noisy on purpose, see the module docstring); rewards use `answer`."""
+        return str(example["demonstration"])
 
     def score(self, completion: str, example: Example, strict: bool = False) -> Score:
         got = _answer_digits(completion[:1000])
