@@ -57,12 +57,28 @@ def peak_memory_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def sampler_step_flops(config: llada.LLaDAConfig, batch: int, seq_len: int, scored: int) -> float:
-    """Matmul FLOPs of one denoising step (one forward of the sequence, LM head on `scored` positions)."""
+def forward_flops(config: llada.LLaDAConfig, batch: int, tokens: int, keys: int, scored: int) -> float:
+    """Matmul FLOPs of a forward over `tokens` positions attending to `keys` positions, LM head on `scored`."""
     head = config.d_model * config.embedding_size
     body = config.num_params - 2 * head - config.d_model  # without embedding, LM head, ln_f
-    attention = 4 * config.n_layers * seq_len * seq_len * config.d_model
-    return float(batch * (2 * body * seq_len + 2 * head * scored + attention))
+    attention = 4 * config.n_layers * tokens * keys * config.d_model
+    return float(batch * (2 * body * tokens + 2 * head * scored + attention))
+
+
+def sampler_step_flops(config: llada.LLaDAConfig, batch: int, seq_len: int, scored: int) -> float:
+    """Matmul FLOPs of one denoising step (one forward of the sequence, LM head on `scored` positions)."""
+    return forward_flops(config, batch, seq_len, seq_len, scored)
+
+
+def sampler_flops(config: llada.LLaDAConfig, batch: int, seq_len: int, block: int, steps_run: int,
+                  cached_blocks: int | None) -> float:
+    """Matmul FLOPs of a whole generate call. Exact mode: a full-sequence forward per step. Fast mode
+    (`cached_blocks` = number of blocks): one full forward per block, then per step only the block's tokens,
+    attending over the whole sequence."""
+    if cached_blocks is None:
+        return steps_run * sampler_step_flops(config, batch, seq_len, block)
+    window = forward_flops(config, batch, block, seq_len, block)
+    return cached_blocks * sampler_step_flops(config, batch, seq_len, block) + steps_run * window
 
 
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -114,7 +130,8 @@ def run_sampler(args) -> dict:
     steps_run = int(rollout.steps_run)
     seq_len = args.prompt_len + args.gen_length
     passes = 2 if args.cfg_scale > 0 else 1
-    flops = steps_run * sampler_step_flops(config, passes * args.batch, seq_len, args.block_length)
+    flops = sampler_flops(config, passes * args.batch, seq_len, args.block_length, steps_run,
+                          args.gen_length // args.block_length if args.fast else None)
     peak = peak_memory_bytes()
     record_bytes = 0 if rollout.truncation is None else rollout.truncation.nbytes
     return {
