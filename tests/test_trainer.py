@@ -124,12 +124,12 @@ def test_diffu_grpo_with_lora_runs(tmp_path):
 
 @pytest.mark.slow
 def test_shortened_demo_improves_held_out_reward(tmp_path):
-    """The demo config, shortened: AGRPO after the SFT warm start raises greedy held-out reward and accuracy."""
+    """The demo config, shortened to 30 RL steps: AGRPO after the SFT warm start clearly raises the greedy reward
+    on held-out prompts (the full demo roughly doubles it, BENCHMARKS.md)."""
     cfg = parse_config([DEMO], ["dllm_rl.TrainConfig.num_steps = 30", "dllm_rl.TrainConfig.eval_every = 30",
                                 "dllm_rl.TrainConfig.checkpoint_every = 0"])
     rows = Trainer(cfg, tmp_path).train(progress=False)
     evals = [r for r in rows if "eval_reward_mean" in r]
     assert [r["step"] for r in evals] == [0, 30]
     before, after = evals
-    assert after["eval_reward_mean"] > before["eval_reward_mean"] + 0.02, (before, after)
-    assert after["eval_accuracy"] > before["eval_accuracy"], (before, after)
+    assert after["eval_reward_mean"] > before["eval_reward_mean"] + 0.2, (before, after)
