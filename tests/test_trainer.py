@@ -96,6 +96,15 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert [r["step"] for r in a] == list(range(7))
     assert a == b
     assert os.path.exists(tmp_path / "a" / "reward_curve.png")
+    # The exported policy is a model folder that evaluation reads, identical for both runs.
+    from dllm_rl.checkpoint import load_orbax
+    config, params = load_orbax(tmp_path / "a" / "final_model")
+    _, params_b = load_orbax(tmp_path / "b" / "final_model")
+    assert config.n_layers == 4 and (tmp_path / "a" / "final_model" / "tokenizer.json").exists()
+    import jax
+    import numpy as np
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert "TrainConfig.num_steps = 6" in (tmp_path / "a" / "operative_config.gin").read_text()
 
 

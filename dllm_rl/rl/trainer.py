@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 import signal
 import time
 from typing import Any, Iterator, Sequence
@@ -28,7 +29,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from dllm_rl import metrics as metrics_lib
-from dllm_rl.checkpoint import load_hf, load_orbax
+from dllm_rl.checkpoint import load_hf, load_orbax, save_orbax
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
 from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, sft
@@ -38,6 +39,7 @@ from dllm_rl.tokenizer import Tokenizer
 
 ALGORITHMS = ("agrpo", "diffu_grpo")
 CHECKPOINT_DIR = "checkpoints"
+FINAL_MODEL_DIR = "final_model"  # the trained policy as a model folder, for experiments.eval --ckpt_dir
 # Timing metrics differ between otherwise identical runs; everything else in a metrics row is reproducible.
 TIMING_KEYS = ("rollout_seconds", "loss_seconds", "step_seconds", "tokens_per_second", "eval_seconds")
 
@@ -126,6 +128,7 @@ class TrainConfig:
     eval_batch_size: int = 8
     checkpoint_every: int = 15
     keep_checkpoints: int = 2
+    export_final_model: bool = True
     sft_steps: int = 0
     sft_batch_size: int = 32
     sft_learning_rate: float = 1e-3
@@ -498,8 +501,23 @@ class Trainer:
                     break
         manager.close()
         metrics_lib.plot_metrics(self.workdir)
+        if tc.export_final_model and not self.stop_requested:
+            self.export(_sampling_params(trainable, frozen, self.cfg.lora), os.path.join(self.workdir, FINAL_MODEL_DIR))
         self.trainable, self.frozen = trainable, frozen
         return rows
+
+    def export(self, params, out_dir: str) -> None:
+        """Writes the policy (LoRA merged) as a model folder that `load_orbax` / `experiments.eval --ckpt_dir`
+        read: config.json, params/ and the tokenizer files; written to a temporary name, then renamed."""
+        tmp = out_dir + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_orbax(tmp, self.model_config, params)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+            src = os.path.join(self.cfg.model.tokenizer_path, name)
+            if os.path.exists(src):
+                shutil.copy2(src, os.path.join(tmp, name))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
 
     def _step(self, step, trainable, frozen, opt_state, data: Iterator):
         tc = self.train_cfg
