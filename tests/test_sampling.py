@@ -16,6 +16,7 @@ from dllm_rl.checkpoint import load_hf
 from dllm_rl.models import llada
 from dllm_rl.sampling import SamplerInputError, expand, generate, scale_logits, transfer_schedule
 from dllm_rl.sampling.gumbel import gumbel_argmax, gumbel_noise
+from tests.golden_runs import golden_run
 from tests.test_truncation import agrpo_keep, truncated_stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -210,21 +211,10 @@ GOLDEN_RUNS = [
 @pytest.mark.parametrize("run,model,kwargs", GOLDEN_RUNS, ids=[f"{r}-{m}" for r, m, _ in GOLDEN_RUNS])
 def test_golden_llada_trajectory(run, model, kwargs, tiny_dir, tiny_gqa_dir, request):
     """Every intermediate state of the reference generate() runs is reproduced exactly."""
-    d = tiny_dir if model == "main" else tiny_gqa_dir
-    config, params = load_hf(d)
-    g = np.load(d / "golden.npz")
-    prompt = g["gen_prompt"]
-    kwargs = dict(kwargs)
-    if kwargs.pop("attention_mask", False):
-        kwargs["attention_mask"] = np.ones(prompt.shape, np.int64)
-    draws = {}
-    if f"gen_{run}_remask_uniforms" in g.files:
-        draws["score"] = g[f"gen_{run}_remask_uniforms"]
-    if f"gen_{run}_gumbel_uniforms" in g.files:
-        draws["gumbel"] = g[f"gen_{run}_gumbel_uniforms"]
+    config, params, g, prompt, kwargs = golden_run(tiny_dir if model == "main" else tiny_gqa_dir, run, kwargs)
     steps = int(g["gen_steps"])
     r = generate(config, params, prompt, steps=steps, gen_length=int(g["gen_length"]),
-                 block_length=int(g["gen_block_length"]), draws=draws or None, **kwargs)
+                 block_length=int(g["gen_block_length"]), **kwargs)
     np.testing.assert_array_equal(r.tokens, g[f"gen_{run}_out"])
     want = g[f"gen_{run}_x_steps"]
     for s, x in enumerate(states_from(r, prompt, config.mask_token_id, steps)):

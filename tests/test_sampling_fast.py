@@ -10,6 +10,7 @@ import pytest
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.models import llada
 from dllm_rl.sampling import SamplerInputError, generate
+from tests.golden_runs import golden_run
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +96,8 @@ FAST_GOLDEN = [  # run, model, kwargs, generated tokens (of 32) that differ from
 @pytest.mark.parametrize("run,model,kwargs,n_diff", FAST_GOLDEN, ids=[f"{r}-{m}" for r, m, _, _ in FAST_GOLDEN])
 def test_fast_on_golden_runs(run, model, kwargs, n_diff, tiny_dir, tiny_gqa_dir):
     """Step 0 (fresh cache) is exact; later steps use stale K/V, so the output differs by the documented count."""
-    d = tiny_dir if model == "main" else tiny_gqa_dir
-    config, params = load_hf(d)
-    g = np.load(d / "golden.npz")
-    prompt = g["gen_prompt"]
-    kwargs = dict(kwargs)
-    if kwargs.pop("attention_mask", False):
-        kwargs["attention_mask"] = np.ones(prompt.shape, np.int64)
-    draws = {key: g[f"gen_{run}_{name}"] for key, name in (("score", "remask_uniforms"), ("gumbel", "gumbel_uniforms"))
-             if f"gen_{run}_{name}" in g.files}
-    r = generate(config, params, prompt, steps=8, gen_length=16, block_length=8, draws=draws or None, fast=True,
-                 **kwargs)
+    config, params, g, prompt, kwargs = golden_run(tiny_dir if model == "main" else tiny_gqa_dir, run, kwargs)
+    r = generate(config, params, prompt, steps=8, gen_length=16, block_length=8, fast=True, **kwargs)
     tokens, unmask = np.asarray(r.tokens), np.asarray(r.unmask_step)
     after_step0 = np.concatenate([prompt, np.where(unmask == 0, tokens[:, 8:], config.mask_token_id)], axis=1)
     np.testing.assert_array_equal(after_step0, g[f"gen_{run}_x_steps"][1])
