@@ -27,3 +27,17 @@ def tiny_tokenizer_dir() -> pathlib.Path:
     """Character-level tokenizer in LLaDA's format matching the tiny model (vocab 160, EOS 150, mask 156);
     written by `dllm_rl.tokenizer.build_char_tokenizer` (see tests/test_tokenizer.py)."""
     return FIXTURES / "tiny_tokenizer"
+
+
+@pytest.fixture
+def uncompiled_generate(monkeypatch):
+    """`sampling.generate` whose compiled program raises if reached: input errors must come before compiling."""
+    import importlib
+
+    module = importlib.import_module("dllm_rl.sampling.generate")
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("reached the compiled program")
+
+    monkeypatch.setattr(module, "_generate", no_compile)
+    return module.generate

@@ -1,6 +1,5 @@
 """Fast (cached) sampling mode: the cached forward against the full one, output changes on the golden fixtures,
 confidence-threshold parallel decoding, input errors. (The exact sampler's own tests are in test_sampling.py.)"""
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -160,13 +159,8 @@ def test_threshold_one_is_top1_per_step(tiny, golden_prompt):
     (dict(fast=True, parallel_threshold=1.5), r"\[0, 1\]"),
     (dict(fast=True, parallel_threshold=0.9, draws={}), "draws"),
 ])
-def test_fast_bad_inputs_raise_before_compiling(kwargs, match, tiny, monkeypatch):
+def test_fast_bad_inputs_raise_before_compiling(kwargs, match, tiny, uncompiled_generate):
     config, params = tiny
-    generate_module = importlib.import_module("dllm_rl.sampling.generate")
-
-    def no_compile(*args, **kw):
-        raise AssertionError("reached the compiled program")
-    monkeypatch.setattr(generate_module, "_generate", no_compile)
     with pytest.raises(SamplerInputError, match=match):
-        generate_module.generate(config, params, np.zeros((2, 8), np.int64), steps=8, gen_length=16, block_length=8,
-                                 rng=jax.random.key(0), **kwargs)
+        uncompiled_generate(config, params, np.zeros((2, 8), np.int64), steps=8, gen_length=16, block_length=8,
+                            rng=jax.random.key(0), **kwargs)
