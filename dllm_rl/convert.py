@@ -22,6 +22,14 @@ from dllm_rl.models.llada import ConfigError, LLaDAConfig
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def copy_side_files(src_dir: str, dst_dir: str) -> None:
+    """Copies the generation-config and tokenizer files that exist in `src_dir` next to a converted model."""
+    for name in SIDE_FILES:
+        src = os.path.join(src_dir, name)
+        if os.path.exists(src):
+            shutil.copy2(src, os.path.join(dst_dir, name))
+
+
 def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool = False,
             progress: bool = True) -> LLaDAConfig:
     """Converts and returns the model config; raises CheckpointError/ConfigError before writing anything."""
@@ -37,10 +45,7 @@ def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool 
     try:
         write_model_dir(tmp_dir, raw_config,
                         ((".".join(path), arr) for path, arr in iter_params(hf_dir, config, dtype, progress=progress)))
-        for name in SIDE_FILES:
-            src = os.path.join(hf_dir, name)
-            if os.path.exists(src):
-                shutil.copy2(src, os.path.join(tmp_dir, name))
+        copy_side_files(hf_dir, tmp_dir)
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from dllm_rl import metrics as metrics_lib
 from dllm_rl.checkpoint import load_hf, load_orbax, save_orbax
+from dllm_rl.convert import copy_side_files
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
 from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, sft
@@ -161,8 +162,13 @@ class ExperimentConfig:
     mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
 
     @property
+    def algorithm_config(self) -> agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | None:
+        """The loss config of `train.algorithm` (the other one, if also bound, is unused)."""
+        return self.agrpo if self.train.algorithm == "agrpo" else self.diffu_grpo
+
+    @property
     def num_generations(self) -> int:
-        return (self.agrpo or self.diffu_grpo).num_generations
+        return self.algorithm_config.num_generations
 
     def validate(self) -> None:
         """All cross-field checks, before any model is loaded or compiled."""
@@ -172,8 +178,7 @@ class ExperimentConfig:
             get_task(self.train.task)
         except KeyError as e:
             raise TrainError(str(e.args[0])) from None
-        algo_cfg = self.agrpo if self.train.algorithm == "agrpo" else self.diffu_grpo
-        if algo_cfg is None:
+        if self.algorithm_config is None:
             raise TrainError(f"TrainConfig.algorithm={self.train.algorithm!r} needs its config "
                              f"({'AGRPOConfig' if self.train.algorithm == 'agrpo' else 'DiffuGRPOConfig'})")
         if not self.rollout.record:
@@ -307,8 +312,7 @@ class Trainer:
 
     def _needs_reference(self) -> bool:
         """Whether a KL term needs the reference (initial / LoRA-off) policy."""
-        algo = self.cfg.agrpo if self.train_cfg.algorithm == "agrpo" else self.cfg.diffu_grpo
-        return bool(algo.beta)
+        return bool(self.cfg.algorithm_config.beta)
 
     def _check_tokenizer(self) -> None:
         tok, cfg = self.tokenizer, self.model_config
@@ -512,10 +516,7 @@ class Trainer:
         tmp = out_dir + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_orbax(tmp, self.model_config, params)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
-            src = os.path.join(self.cfg.model.tokenizer_path, name)
-            if os.path.exists(src):
-                shutil.copy2(src, os.path.join(tmp, name))
+        copy_side_files(self.cfg.model.tokenizer_path, tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
 
