@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_8B = REPO / "tests" / "fixtures" / "llada_8b_instruct_meta" / "config.json"
+CONFIG_8B = LLADA_8B_META_DIR / "config.json"
 
 
 def model_config(name: str) -> llada.LLaDAConfig:

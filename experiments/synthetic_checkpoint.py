@@ -18,10 +18,11 @@ import numpy as np
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.checkpoint.hf import hf_names
 from dllm_rl.models.llada import LLaDAConfig
 
-META = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "llada_8b_instruct_meta"
+META = LLADA_8B_META_DIR
 
 
 def write(out_dir: str, scale: float, seed: int = 0) -> LLaDAConfig:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl import convert as convert_cli
 from dllm_rl.checkpoint import CheckpointError, load_hf, load_orbax, to_hf_tensors
 from dllm_rl.models import llada
-from tests.llada_numpy import random_tensors, tiny_config, write_hf_dir
+from tests.helpers.llada_numpy import random_tensors, tiny_config, write_hf_dir
 
 
 def _rel(a, b):
@@ -60,10 +61,10 @@ def test_side_files_are_copied(tiny_dir, tiny_tokenizer_dir, tmp_path):
 
 def _real_layout_checkpoint(path, fixtures_dir):
     """The real 8B config/index (291 names, 6 shards) at reduced widths, 32 layers."""
-    real = json.loads((fixtures_dir / "llada_8b_instruct_meta/config.json").read_text())
+    real = json.loads((LLADA_8B_META_DIR / "config.json").read_text())
     cfg = dict(real, d_model=16, n_heads=2, n_kv_heads=2, mlp_hidden_size=24, vocab_size=40, embedding_size=40,
                mask_token_id=36, eos_token_id=33, pad_token_id=33)
-    index = json.loads((fixtures_dir / "llada_8b_instruct_meta/model.safetensors.index.json").read_text())
+    index = json.loads((LLADA_8B_META_DIR / "model.safetensors.index.json").read_text())
     tensors = random_tensors(cfg, np.random.default_rng(0))
     tensors = {n: t.astype(np.float32) for n, t in tensors.items()}
     write_hf_dir(path, cfg, tensors, shard_of=index["weight_map"])

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.models import llada
-from tests import llada_numpy
-from tests.llada_numpy import tiny_config, write_hf_dir
+from tests.helpers import llada_numpy
+from tests.helpers.llada_numpy import tiny_config, write_hf_dir
 
 
 def _rel(a, b):
@@ -116,7 +117,7 @@ def test_dot_product_attention_path_matches(tiny):
 
 
 def test_real_8b_config_parses_to_8b_shapes(fixtures_dir):
-    config = llada.LLaDAConfig.from_hf_config(fixtures_dir / "llada_8b_instruct_meta")
+    config = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR)
     assert (config.d_model, config.n_layers, config.n_heads, config.n_kv_heads) == (4096, 32, 32, 32)
     assert (config.mlp_hidden_size, config.vocab_size, config.embedding_size) == (12288, 126464, 126464)
     assert (config.mask_token_id, config.eos_token_id, config.rope_theta) == (126336, 126081, 500000.0)
@@ -152,7 +153,7 @@ def test_multi_query_attention_means_one_kv_head():
 
 def test_8b_shapes_trace_without_allocating(fixtures_dir):
     """The real 8B config traces through forward/forward_at (abstract shapes only, nothing allocated)."""
-    config = llada.LLaDAConfig.from_hf_config(fixtures_dir / "llada_8b_instruct_meta")
+    config = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR)
     params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16), llada.param_shapes(config),
                           is_leaf=lambda s: isinstance(s, tuple))
     ids = jax.ShapeDtypeStruct((2, 384), jnp.int32)

@@ -15,8 +15,8 @@ from dllm_rl.checkpoint import load_hf
 from dllm_rl.models import llada
 from dllm_rl.sampling import SamplerInputError, expand, generate, scale_logits, transfer_schedule
 from dllm_rl.sampling.gumbel import gumbel_argmax, gumbel_noise
-from tests.golden_runs import golden_run
-from tests.test_truncation import agrpo_keep, truncated_stats
+from tests.helpers.golden_runs import golden_run
+from tests.helpers.truncation_numpy import agrpo_keep, truncated_stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

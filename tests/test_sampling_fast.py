@@ -9,7 +9,7 @@ import pytest
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.models import llada
 from dllm_rl.sampling import SamplerInputError, generate
-from tests.golden_runs import golden_run
+from tests.helpers.golden_runs import golden_run
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from safetensors.numpy import load_file
 
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.rl import sft
-from tests import llada_numpy
-from tests.llada_numpy import tiny_config
+from tests.helpers import llada_numpy
+from tests.helpers.llada_numpy import tiny_config
 
 
 def test_loss_matches_numpy_reference(tiny_dir):

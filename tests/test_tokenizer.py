@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.tokenizer import LLADA_CHAT_TEMPLATE, Tokenizer, TokenizerError, build_char_tokenizer
 
 
@@ -15,7 +16,7 @@ def tiny(tiny_tokenizer_dir):
 
 def test_real_chat_template_renders_as_spec(fixtures_dir, tiny_tokenizer_dir, tmp_path):
     """The real tokenizer_config.json of LLaDA-8B-Instruct, rendered through our loader (LLADA.md §4)."""
-    real = json.loads((fixtures_dir / "llada_8b_instruct_meta/tokenizer_config.json").read_text())
+    real = json.loads((LLADA_8B_META_DIR / "tokenizer_config.json").read_text())
     assert real["chat_template"] == LLADA_CHAT_TEMPLATE
     # tokenizer.json of the 8B model is not available offline: pair the real config with a vocabulary holding
     # the same special tokens, so the config's own special-token fields drive the rendering.

@@ -80,7 +80,7 @@ def tiny_config(**overrides):
     import json
     import pathlib
 
-    cfg = json.loads((pathlib.Path(__file__).parent / "fixtures/llada_tiny/config.json").read_text())
+    cfg = json.loads((pathlib.Path(__file__).parents[1] / "fixtures/llada_tiny/config.json").read_text())
     cfg.update(overrides)
     return cfg
 
