@@ -1,7 +1,14 @@
-"""Shared test fixtures: paths of the golden data copied into tests/fixtures."""
+"""Shared test fixtures: paths of the golden data copied into tests/fixtures.
+
+The whole suite runs with implicit rank promotion disabled, so a broadcast that silently adds leading axes
+(e.g. [B] + [B, L]) is an error in tests rather than a wrong-shaped result.
+"""
 import pathlib
 
+import jax
 import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -25,7 +32,7 @@ def tiny_gqa_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir() -> pathlib.Path:
     """Character-level tokenizer in LLaDA's format matching the tiny model (vocab 160, EOS 150, mask 156);
-    written by `dllm_rl.tokenizer.build_char_tokenizer` (see tests/test_tokenizer.py)."""
+    written by `dllm_rl.tokenizer.build_char_tokenizer` (see tests/fixtures/tiny_tokenizer/README.md)."""
     return FIXTURES / "tiny_tokenizer"
 
 

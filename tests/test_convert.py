@@ -1,16 +1,16 @@
-"""HF safetensors loading, Orbax round trips, the convert CLI, and bad-input errors."""
+"""dllm_rl/convert.py: HF folder → Orbax model folder (CLI and function), side files, the real 8B layout, and
+bad input failing with one clear error and nothing written."""
 import json
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl import convert as convert_cli
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.checkpoint import CheckpointError, load_hf, load_orbax, to_hf_tensors
 from dllm_rl.models import llada
 from tests.helpers.llada_numpy import random_tensors, tiny_config, write_hf_dir
@@ -41,15 +41,6 @@ def test_bfloat16_conversion_and_dtype_on_restore(tiny_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(params32["embed"]), np.asarray(ref["embed"], np.float32))
 
 
-def test_hf_round_trip_is_exact(tiny_dir):
-    config, params = load_hf(tiny_dir)
-    original = load_file(str(tiny_dir / "model.safetensors"))
-    back = to_hf_tensors(config, params)
-    assert sorted(back) == sorted(original)
-    for name, tensor in original.items():
-        np.testing.assert_array_equal(back[name], tensor, err_msg=name)
-
-
 def test_side_files_are_copied(tiny_dir, tiny_tokenizer_dir, tmp_path):
     src = tmp_path / "hf"
     shutil.copytree(tiny_dir, src, ignore=shutil.ignore_patterns("gqa", "golden.npz"))
@@ -59,7 +50,7 @@ def test_side_files_are_copied(tiny_dir, tiny_tokenizer_dir, tmp_path):
     assert {"tokenizer.json", "tokenizer_config.json", "config.json", "params"} <= set(os.listdir(tmp_path / "out"))
 
 
-def _real_layout_checkpoint(path, fixtures_dir):
+def _real_layout_checkpoint(path):
     """The real 8B config/index (291 names, 6 shards) at reduced widths, 32 layers."""
     real = json.loads((LLADA_8B_META_DIR / "config.json").read_text())
     cfg = dict(real, d_model=16, n_heads=2, n_kv_heads=2, mlp_hidden_size=24, vocab_size=40, embedding_size=40,
@@ -71,8 +62,8 @@ def _real_layout_checkpoint(path, fixtures_dir):
     return cfg, tensors, index
 
 
-def test_real_8b_layout_converts_and_loads(fixtures_dir, tmp_path):
-    cfg, tensors, index = _real_layout_checkpoint(tmp_path / "hf", fixtures_dir)
+def test_real_8b_layout_converts_and_loads(tmp_path):
+    cfg, tensors, index = _real_layout_checkpoint(tmp_path / "hf")
     assert len(index["weight_map"]) == 291 and len(set(index["weight_map"].values())) == 6
     assert sorted(tensors) == sorted(index["weight_map"])
     convert_cli.convert(str(tmp_path / "hf"), str(tmp_path / "out"), "bfloat16", progress=False)
@@ -135,14 +126,12 @@ def test_config_key_mismatch(tiny_dir, tmp_path):
 
 def test_unknown_dtype(tiny_dir, tmp_path):
     _assert_fails_cleanly(tiny_dir, tmp_path, "unknown dtype 'float8'", dtype="float8")
-    with pytest.raises(CheckpointError, match="unknown dtype"):
-        load_hf(tiny_dir, dtype="int4")
 
 
-def test_missing_shard_and_folder(tiny_dir, fixtures_dir, tmp_path):
+def test_missing_shard_and_folder(tmp_path):
     _assert_fails_cleanly(tmp_path / "nowhere", tmp_path, "config.json")
     src = tmp_path / "hf"
-    _real_layout_checkpoint(src, fixtures_dir)
+    _real_layout_checkpoint(src)
     os.remove(src / "model-00003-of-00006.safetensors")
     _assert_fails_cleanly(src, tmp_path, "model-00003-of-00006.safetensors")
 
@@ -155,26 +144,3 @@ def test_existing_out_dir_is_kept(tiny_dir, tmp_path):
         convert_cli.convert(str(tiny_dir), str(out), "float32", progress=False)
     assert (out / "keep.txt").exists()
     assert convert_cli.main(["--hf_dir", str(tiny_dir), "--out_dir", str(out)]) == 2
-
-
-def test_load_orbax_errors(tmp_path, tiny_dir):
-    with pytest.raises((CheckpointError, llada.ConfigError)):
-        load_orbax(tmp_path / "nothing")
-    (tmp_path / "c").mkdir()
-    shutil.copy(tiny_dir / "config.json", tmp_path / "c" / "config.json")
-    with pytest.raises(CheckpointError, match="convert"):
-        load_orbax(tmp_path / "c")
-
-
-def test_in_memory_save_and_manager_layout_round_trip(tiny_dir, tmp_path):
-    """save_orbax (streamed items) and save_params (one CheckpointManager save) restore identically."""
-    from dllm_rl.checkpoint.orbax import abstract_params, restore_params, save_orbax, save_params
-
-    config, params = load_hf(tiny_dir)
-    save_orbax(tmp_path / "m", config, params)
-    _, restored = load_orbax(tmp_path / "m")
-    save_params(tmp_path / "p", params, step=3)
-    restored_mgr = restore_params(tmp_path / "p", abstract_params(config, "float32"))
-    for tree in (restored, restored_mgr):
-        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(params)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
