@@ -12,7 +12,7 @@ flag hf-dir HF_DIR value "" "HF model folder (config.json, safetensors, tokenize
 flag ckpt CKPT value "" "gs:// destination of the converted model folder (what train.sh --ckpt reads)"
 flag dtype DTYPE value bfloat16 "parameter dtype of the converted checkpoint"
 flag scratch SCRATCH value /tmp/dllm_rl_convert "scratch folder for the HF copy (hf/) and the converted model (out/)"
-flag python PYTHON value python3 "local Python with dllm_rl installed (local --hf-dir only)"
+flag python LOCAL_PYTHON value python3 "local Python with dllm_rl installed (local --hf-dir only)"
 
 main() {
   parse_flags "$@"
@@ -20,7 +20,7 @@ main() {
   [[ $CKPT == gs://* ]] || die "--ckpt must be a gs:// folder, got '$CKPT'"
   local out=$SCRATCH/out
   if [[ $HF_DIR != gs://* ]]; then
-    run "$PYTHON" -m dllm_rl.convert --hf_dir "$HF_DIR" --out_dir "$out" --dtype "$DTYPE" --overwrite
+    run "$LOCAL_PYTHON" -m dllm_rl.convert --hf_dir "$HF_DIR" --out_dir "$out" --dtype "$DTYPE" --overwrite
     run gcloud storage rsync --recursive "$out" "$CKPT"
     return
   fi

@@ -148,10 +148,11 @@ tpu_gcloud() {
   run gcloud compute tpus "$1" "$2" "$3" "${_tpu_location[@]}" "${@:4}"
 }
 
-# tpu_ssh WORKER REMOTE_COMMAND: runs one shell command line on the worker(s) ("all", "0", "0,1", ...).
+# tpu_ssh WORKER REMOTE_COMMAND [GCLOUD_ARGS...]: runs one shell command line on the worker(s) ("all", "0",
+# "0,1", ...).
 tpu_ssh() {
   require TPU_NAME
-  tpu_gcloud tpu-vm ssh "$TPU_NAME" "--worker=$1" --command "$2"
+  tpu_gcloud tpu-vm ssh "$TPU_NAME" "--worker=$1" --command "$2" "${@:3}"
 }
 
 # tpu_scp LOCAL_PATH REMOTE_PATH WORKER: copies a local file to the workers (remote path relative to home).
@@ -186,10 +187,15 @@ background() {
   in_repo "{ setsid nohup $2 > $(quote "$1.log") 2>&1 < /dev/null & echo \$! > $(quote "$1.pid"); }"
 }
 
-# job_flags DEFAULT_JOB: declares the flags of a program run in the background on the workers.
+# job_flags DEFAULT_JOB: declares the flags naming a background job on the workers.
 job_flags() {
   repo_flags
   flag job JOB value "$1" "job name: its log and pid files are REMOTE_DIR/JOB.log and JOB.pid on each worker"
+}
+
+# launch_flags DEFAULT_JOB: declares the flags of a program started in the background on the workers.
+launch_flags() {
+  job_flags "$1"
   flag stage-dir STAGE_DIR value "/tmp/dllm_rl_$1_model" \
     "copy a gs:// model folder to this worker-local folder first and read it from there (empty: read it in place)"
   flag env JOB_ENV list "" "KEY=VALUE environment variable for the program, e.g. LIBTPU_INIT_ARGS=..."

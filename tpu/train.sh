@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Launches dllm_rl training (experiments.run) on all workers of the TPU VM."
 
-job_flags train
+launch_flags train
 flag gin GIN value experiments/configs/gsm8k_agrpo.gin "gin config, relative to the repository"
 flag workdir WORKDIR value "" "run folder shared by all workers (gs://...): metrics, checkpoints, final_model/"
 flag ckpt CKPT value "" "converted model folder (gs://..., from tpu/checkpoint.sh) bound to dllm_rl.ModelSource.ckpt_dir"
