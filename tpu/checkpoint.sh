@@ -3,7 +3,7 @@
 # the conversion runs on worker 0 (fast GCS access, enough host memory: the converter peaks at ~13 GiB for the
 # 8B model); with a local --hf-dir it runs here, with this checkout's Python environment.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Converts LLaDA HF weights (python -m dllm_rl.convert) and uploads the Orbax folder to gs://."
 

@@ -2,7 +2,7 @@
 # Creates the TPU VM: directly (tpu-vm create) or through a queued resource (--queued-resource NAME, waits
 # until it is ACTIVE unless --async). The runtime version follows the accelerator generation unless given.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Creates a TPU VM (or a queued resource holding one) for dllm_rl."
 

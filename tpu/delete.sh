@@ -2,7 +2,7 @@
 # Deletes the TPU VM, or the queued resource together with its TPU VM (--queued-resource). Runs and
 # checkpoints in gs:// survive; anything on the workers' disks is lost.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Deletes the TPU VM (or its queued resource)."
 

@@ -3,7 +3,7 @@
 # from ssh, then uploads the results (per-example JSONL, summary.json, summary.md) to --out.
 # experiments.eval runs on a single host; on a multi-host slice use a single-host TPU VM for evaluation.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Runs experiments.eval on one worker of the TPU VM and uploads the results to gs://."
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Streams a background job's log from one worker (worker 0 by default; every worker logs the same run).
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Follows REMOTE_DIR/JOB.log on one worker (Ctrl-C stops following, not the job)."
 

@@ -4,7 +4,7 @@
 # package needs 3.11+), `pip install -e .` plus jax[tpu] in the range setup.py pins, then a multi-host check
 # printing, per worker: process index, process count, local devices, global devices, device kind.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Installs dllm_rl and jax[tpu] on every worker of the TPU VM (--worker=all)."
 

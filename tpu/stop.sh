@@ -2,7 +2,7 @@
 # Sends SIGTERM to a background job on every worker (its whole process group). The trainer answers SIGTERM by
 # saving a checkpoint and exiting; tpu/train.sh with the same --workdir resumes from it.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Stops a job started by tpu/train.sh or tpu/eval.sh (SIGTERM to its process group on each worker)."
 

@@ -3,7 +3,7 @@
 # runtime finds its peers from the TPU VM metadata), detached from ssh: logs in REMOTE_DIR/JOB.log per worker
 # (tpu/logs.sh), stop with tpu/stop.sh (SIGTERM: the trainer saves a checkpoint; rerunning resumes).
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Launches dllm_rl training (experiments.run) on all workers of the TPU VM."
 
