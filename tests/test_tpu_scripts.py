@@ -158,7 +158,8 @@ def test_setup_from_git(env):
 def test_checkpoint_converts_on_worker_0_and_uploads(env):
     (argv,) = dry_run(env, "checkpoint.sh", *LOCATION, "--hf-dir", "gs://bucket/LLaDA-8B-Instruct", "--ckpt", CKPT)
     words = ssh_command(argv, "0")
-    assert contains(words, ["rsync", "--recursive", "gs://bucket/LLaDA-8B-Instruct", "/tmp/dllm_rl_convert/hf"])
+    assert contains(words, ["rsync", "--recursive", "--delete-unmatched-destination-objects",
+                            "gs://bucket/LLaDA-8B-Instruct", "/tmp/dllm_rl_convert/hf"])
     assert contains(words, [".venv/bin/python", "-m", "dllm_rl.convert", "--hf_dir", "/tmp/dllm_rl_convert/hf",
                             "--out_dir", "/tmp/dllm_rl_convert/out", "--dtype", "bfloat16"])
     assert words[-4:] == ["rsync", "--recursive", "/tmp/dllm_rl_convert/out", CKPT]
@@ -179,7 +180,8 @@ def test_train_launches_the_same_command_on_every_worker(env):
     (argv,) = dry_run(env, "train.sh", *LOCATION, "--workdir", WORKDIR, "--ckpt", CKPT, "--mesh", mesh,
                       "--binding", "dllm_rl.TrainConfig.grad_accum=8", "--env", "LIBTPU_INIT_ARGS=--xla_x=1")
     words = ssh_command(argv, "all")
-    assert contains(words, ["rsync", "--recursive", CKPT, "/tmp/dllm_rl_train_model"])
+    assert contains(words, ["rsync", "--recursive", "--delete-unmatched-destination-objects", CKPT,
+                            "/tmp/dllm_rl_train_model"])
     assert contains(words, ["setsid", "nohup", "env", "LIBTPU_INIT_ARGS=--xla_x=1", ".venv/bin/python", "-m",
                             "experiments.run", "--gin", "experiments/configs/gsm8k_agrpo.gin", "--workdir", WORKDIR,
                             "--gin_binding", "dllm_rl.ModelSource.ckpt_dir='/tmp/dllm_rl_train_model'",
@@ -207,8 +209,10 @@ def test_eval_runs_on_worker_0_and_uploads(env):
     (argv,) = dry_run(env, "eval.sh", *LOCATION, "--workdir", WORKDIR, "--out", WORKDIR + "/eval",
                       "--arg=--limit=100")
     words = ssh_command(argv, "0")
-    assert contains(words, ["rsync", "--recursive", WORKDIR + "/final_model", "/tmp/dllm_rl_eval_model"])
+    assert contains(words, ["rsync", "--recursive", "--delete-unmatched-destination-objects",
+                            WORKDIR + "/final_model", "/tmp/dllm_rl_eval_model"])
     job = shlex.split(words[words.index("-c") + 1])
+    assert job[:5] == ["rm", "-rf", "/tmp/dllm_rl_eval_results", "&&", ".venv/bin/python"]
     assert contains(job, [".venv/bin/python", "-m", "experiments.eval", "--task", "gsm8k", "--lengths",
                           "128,256,512", "--ckpt_dir", "/tmp/dllm_rl_eval_model", "--out_dir",
                           "/tmp/dllm_rl_eval_results", "--limit=100", "&&"])

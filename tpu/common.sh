@@ -176,9 +176,11 @@ in_repo() {
   printf 'cd %s && %s' "$(quote "$REMOTE_DIR")" "$1"
 }
 
-# stage_cmd GCS_DIR LOCAL_DIR: command line copying a gs:// folder to the worker's disk (no-op when unchanged).
+# stage_cmd GCS_DIR LOCAL_DIR: command line making a worker-local folder an exact copy of a gs:// folder
+# (only changed files are transferred; files the source lacks are deleted).
 stage_cmd() {
-  printf 'mkdir -p %s && %s' "$(quote "$2")" "$(q gcloud storage rsync --recursive "$1" "$2")"
+  printf 'mkdir -p %s && %s' "$(quote "$2")" \
+    "$(q gcloud storage rsync --recursive --delete-unmatched-destination-objects "$1" "$2")"
 }
 
 # background JOB COMMAND_LINE: starts COMMAND_LINE in the repository folder, detached from ssh, logging to
@@ -197,7 +199,7 @@ job_flags() {
 launch_flags() {
   job_flags "$1"
   flag stage-dir STAGE_DIR value "/tmp/dllm_rl_$1_model" \
-    "copy a gs:// model folder to this worker-local folder first and read it from there (empty: read it in place)"
+    "mirror the gs:// model folder into this worker-local folder first, read it there (empty: read it in place)"
   flag env JOB_ENV list "" "KEY=VALUE environment variable for the program, e.g. LIBTPU_INIT_ARGS=..."
 }
 

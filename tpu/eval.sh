@@ -14,7 +14,7 @@ flag workdir WORKDIR value "" "training run folder (only to default --ckpt)"
 flag task TASK value gsm8k "comma-separated tasks (gsm8k, math, countdown, sudoku)"
 flag lengths LENGTHS value 128,256,512 "comma-separated generation lengths"
 flag out OUT value "" "gs:// folder receiving the results"
-flag results-dir RESULTS_DIR value /tmp/dllm_rl_eval_results "worker-local folder experiments.eval writes to"
+flag results-dir RESULTS_DIR value /tmp/dllm_rl_eval_results "worker-local folder experiments.eval writes to (emptied first)"
 flag arg EVAL_ARGS list "" "extra experiments.eval argument, e.g. --limit=100 (repeatable)"
 
 main() {
@@ -24,7 +24,7 @@ main() {
   fi
   require PROJECT ZONE TPU_NAME REMOTE_DIR CKPT OUT
   local evaluate upload
-  evaluate=$(python_cmd -m experiments.eval --task "$TASK" --lengths "$LENGTHS" --ckpt_dir "$(model_input "$CKPT")" \
+  evaluate=$(q rm -rf "$RESULTS_DIR")" && "$(python_cmd -m experiments.eval --task "$TASK" --lengths "$LENGTHS" --ckpt_dir "$(model_input "$CKPT")" \
     --out_dir "$RESULTS_DIR" "${EVAL_ARGS[@]}")
   upload=$(q gcloud storage rsync --recursive "$RESULTS_DIR" "$OUT")
   tpu_ssh "$WORKER" "$(staged_background "$JOB" "$CKPT" "$(q bash -c "$evaluate && $upload")")"
