@@ -235,6 +235,24 @@ def test_delete(env):
                   "--zone=us-east5-a", "--force", "--quiet"]
 
 
+def readme_commands():
+    """The `tpu/*.sh` command lines of tpu/README.md's bash blocks, continuation lines joined."""
+    text = (TPU_DIR / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line for line in lines if line.startswith("tpu/")]
+
+
+def test_readme_commands_are_valid(env):
+    commands = readme_commands()
+    assert {c.split()[0] for c in commands} == {f"tpu/{s}" for s in SCRIPTS}
+    settings = {"PROJECT": "p", "ZONE": "us-east5-a", "TPU_NAME": "t", "BUCKET": "b", "DRY_RUN": "1"}
+    for command in commands:
+        proc = subprocess.run(["bash", "-c", command], cwd=REPO, env={**env, **settings}, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout, (command, proc.stderr)
+
+
 @pytest.mark.parametrize("words", [
     ["plain", "--a=b", "gs://x/y"],
     ["it's", "say \"hi\"", "$HOME", "a b", "", "x'$y'", "{'data': -1}", "back\\slash", "!bang", "~/t", "*"],
