@@ -133,8 +133,10 @@ def _read_tensor(handle, name: str, path: str, expected_shape: tuple) -> np.ndar
         raise CheckpointError(f"{path}: cannot read tensor {name} ({e}); the file is truncated or corrupt") from None
 
 
-def _leaf_sources(config: LLaDAConfig) -> Iterator[tuple[tuple[str, ...], list[str], bool]]:
-    """(params path, HF names stacked along axis 0 or a single name, transpose?) for every params leaf."""
+def leaf_sources(config: LLaDAConfig) -> Iterator[tuple[tuple[str, ...], list[str], bool]]:
+    """(params path, HF names stacked along axis 0 or a single name, transpose?) for every params leaf.
+
+    The one mapping between our tree and HF names, used both ways (loading here, exporting in `dllm_rl.export`)."""
     for hf, (leaf, transpose) in _TOP_TENSORS.items():
         yield (leaf,), [hf], transpose
     for short, (leaf, transpose) in _LAYER_TENSORS.items():
@@ -151,7 +153,7 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
     _check_names(expected, shard_of, hf_dir)
     bar = tqdm(total=len(expected), desc="loading tensors", unit="tensor", disable=not progress)
     try:
-        for path, names, transpose in _leaf_sources(config):
+        for path, names, transpose in leaf_sources(config):
             stacked = path[0] == "layers"
             out = None
             for i, name in enumerate(names):
@@ -212,7 +214,7 @@ def _get_path(tree, path):
 def to_hf_tensors(config: LLaDAConfig, params: dict) -> dict[str, np.ndarray]:
     """Inverse mapping: params tree → {HF name: torch-layout array} (for exporting and for tests)."""
     out = {}
-    for path, names, transpose in _leaf_sources(config):
+    for path, names, transpose in leaf_sources(config):
         arr = np.asarray(_get_path(params, path))
         if path[0] != "layers":
             out[names[0]] = np.ascontiguousarray(arr.T if transpose else arr)
