@@ -23,7 +23,6 @@ from dllm_rl.models.lora import LoRAConfig
 # lacks them, so they are added when absent.
 AUTO_MAP = {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
             "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}
-_TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def hf_specs(config: LLaDAConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -67,12 +66,9 @@ def _adapter_at(adapters: dict | None, lora_config: LoRAConfig | None, path: tup
     return node
 
 
-def hf_config_json(raw_config: dict, dtype: Any) -> dict:
-    """config.json for the export: the model's own, with `torch_dtype` set and LLaDA's auto_map added if absent."""
-    out = dict(raw_config)
-    out.setdefault("auto_map", AUTO_MAP)
-    out["torch_dtype"] = _TORCH_DTYPE_NAMES[np.dtype(resolve_dtype(dtype)).name]
-    return out
+def hf_config_json(raw_config: dict) -> dict:
+    """config.json for the export: the model's own, with LLaDA's auto_map added if absent."""
+    return {**raw_config, "auto_map": raw_config.get("auto_map", AUTO_MAP)}
 
 
 def write_hf(out_dir: str, config: LLaDAConfig, raw_config: dict, read: LeafReader, dtype: Any = "bfloat16",
@@ -82,5 +78,5 @@ def write_hf(out_dir: str, config: LLaDAConfig, raw_config: dict, read: LeafRead
     weight_map = write_sharded(out_dir, hf_specs(config), merged_tensors(config, read, dtype, adapters, lora_config),
                                resolve_dtype(dtype), max_shard_size)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config_json(raw_config, dtype), f, indent=2)
+        json.dump(hf_config_json(raw_config), f, indent=2)
     return weight_map

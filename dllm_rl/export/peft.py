@@ -100,8 +100,8 @@ def write_peft(out_dir: str, adapters: dict, lora_config: LoRAConfig, config: LL
                dtype: Any = "float32", base_model: str = "") -> None:
     """Writes the two PEFT files into the existing folder `out_dir`."""
     np_dtype = resolve_dtype(dtype)
-    write_file(os.path.join(out_dir, ADAPTER_WEIGHTS), _adapter_specs(lora_config, config), adapter_tensors(adapters, lora_config, config, dtype),
-               np_dtype)
+    write_file(os.path.join(out_dir, ADAPTER_WEIGHTS), _adapter_specs(lora_config, config),
+               adapter_tensors(adapters, lora_config, config, np_dtype), np_dtype)
     with open(os.path.join(out_dir, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
         json.dump(adapter_config_json(lora_config, config, base_model), f, indent=2)
 
