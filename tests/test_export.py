@@ -15,7 +15,7 @@ from dllm_rl.checkpoint import CheckpointError, load_hf, save_orbax, to_hf_tenso
 from dllm_rl.checkpoint.hf import hf_names
 from dllm_rl.export import export_hf, export_peft, load_peft, peft_adapted, peft_target_modules
 from dllm_rl.export.__main__ import main
-from dllm_rl.export.peft import lora_module_names, module_names
+from dllm_rl.export.peft import index_module_names, lora_module_names, module_names
 from dllm_rl.export.safetensors_io import parse_size, plan_shards
 from dllm_rl.models.llada import LLaDAConfig
 from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
@@ -173,8 +173,27 @@ def test_peft_folder_names_shapes_and_round_trip(tiny_dir, tmp_path, lora_config
     jax.tree.map(np.testing.assert_array_equal, back, adapters)
 
 
+def test_load_peft_rejects_what_does_not_map(tiny_dir, tmp_path):
+    config = LLaDAConfig.from_hf_config(str(tiny_dir))
+    lora_config = LoRAConfig(rank=2, alpha=2.0)
+    folder = tmp_path / "peft"
+    export_peft(str(folder), config, random_adapters(config, lora_config), lora_config)
+    deeper = LLaDAConfig.from_hf_config(tiny_config(n_layers=3))
+    with pytest.raises(CheckpointError, match="blocks.2.* break the pattern"):
+        load_peft(str(folder), deeper)
+    wider = LLaDAConfig.from_hf_config(tiny_config(d_model=128))
+    with pytest.raises(CheckpointError, match="lora_A.weight is .* imply"):
+        load_peft(str(folder), wider)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    for field, value, message in (("use_dora", True, "use_dora=True is not supported"),
+                                  ("target_modules", ["q_proj"], "selects other modules")):
+        (folder / "adapter_config.json").write_text(json.dumps({**cfg, field: value}))
+        with pytest.raises(CheckpointError, match=message):
+            load_peft(str(folder), config)
+
+
 def test_peft_suffix_rule_on_the_real_8b_names():
-    names = {n[: -len(".weight")] for n in REAL_INDEX["weight_map"]}
+    names = index_module_names()  # the shipped real index
     config = scaled_8b_config()
     assert names == set(module_names(config))
     agrpo = peft_adapted(list(AGRPO_TARGETS), names)
@@ -275,6 +294,7 @@ def test_cli_trainer_checkpoint_with_sft_base_and_full_fine_tuning(tiny_dir, tin
     (["--format", "hf", "--lora_dir", "{tmp}/nowhere"], "not a trainer workdir"),
     (["--format", "hf", "--dtype", "int4"], "unknown dtype"),
     (["--format", "hf", "--shard_size", "big"], "not a size"),
+    (["--format", "hf", "--ckpt_dir", "{tmp}"], "not an Orbax model folder"),
 ])
 def test_cli_errors_name_the_problem_and_write_nothing(tiny_model_dir, tmp_path, capsys, extra, message):
     out = str(tmp_path / "out")

@@ -104,7 +104,8 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_dir", required=True, help="Orbax model folder (base model, or W/final_model)")
+    parser.add_argument("--ckpt_dir", required=True, help="Orbax model folder: the base the run started from "
+                        "(with --lora_dir), or W/final_model (already merged; then no --lora_dir)")
     parser.add_argument("--lora_dir", help="trainer workdir W, W/checkpoints, one step folder, or a PEFT folder")
     parser.add_argument("--step", type=int, help="trainer checkpoint step (default: the latest)")
     parser.add_argument("--lora_alpha", type=float, help="LoRAConfig.alpha of the run (default: from W's gin file)")

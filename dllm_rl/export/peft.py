@@ -18,19 +18,27 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from safetensors import safe_open
 
-from dllm_rl.checkpoint.hf import CheckpointError, hf_names, leaf_sources, resolve_dtype
+from dllm_rl.assets import LLADA_8B_META_DIR
+from dllm_rl.checkpoint.hf import INDEX_FILE, CheckpointError, hf_names, leaf_sources, resolve_dtype
 from dllm_rl.export.safetensors_io import write_file
 from dllm_rl.models.llada import LLaDAConfig
 from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+LLADA_8B_INDEX = LLADA_8B_META_DIR / INDEX_FILE
 _KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$")
 
 
 def module_names(config: LLaDAConfig) -> list[str]:
     """Every module of the torch model that owns a weight (`model.transformer.blocks.0.q_proj`, ...)."""
     return [name[: -len(".weight")] for name in hf_names(config)]
+
+
+def index_module_names(index_path: str | os.PathLike = LLADA_8B_INDEX) -> set[str]:
+    """Module names of an HF shard index (default: the real LLaDA-8B-Instruct one shipped in dllm_rl/assets)."""
+    with open(index_path, encoding="utf-8") as f:
+        return {name[: -len(".weight")] for name in json.load(f)["weight_map"]}
 
 
 def peft_matches(target_modules: str | Sequence[str], name: str) -> bool:
@@ -153,14 +161,18 @@ def load_peft(folder: str, config: LLaDAConfig, dtype: Any = "float32") -> tuple
     lora_config = LoRAConfig(rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), lm_head=head in modules,
                              targets=tuple(t for t in LAYER_TARGETS if f"model.transformer.blocks.0.{t}" in modules))
     expected = lora_module_names(lora_config, config)
-    if modules != expected or peft_adapted(cfg.get("target_modules") or [], known) != expected:
-        raise CheckpointError(f"{folder}: adapters cover {len(modules)} modules, target_modules "
-                              f"{cfg.get('target_modules')!r} selects others; every layer must carry the same "
-                              "targets and target_modules must match the weights")
-    wrong = [(n, list(tensors[n].shape), list(s)) for n, s in _adapter_specs(lora_config, config)
-             if tuple(tensors[n].shape) != s]
+    if modules != expected:
+        odd = sorted(modules ^ expected)
+        raise CheckpointError(f"{path}: adapters for {odd[:3]} ({len(odd)} modules in all) break the pattern: dllm_rl "
+                              f"adapts the same kernels in each of the model's {config.n_layers} layers; the adapters "
+                              "belong to another model or were trained with layers_to_transform")
+    if peft_adapted(cfg.get("target_modules") or [], known) != expected:
+        raise CheckpointError(f"{path}: target_modules {cfg.get('target_modules')!r} selects other modules than "
+                              "the weights hold; fix target_modules in adapter_config.json")
+    wrong = [(n, list(tensors[n].shape) if n in tensors else "missing", list(s))
+             for n, s in _adapter_specs(lora_config, config) if n not in tensors or tuple(tensors[n].shape) != s]
     if wrong:
-        raise CheckpointError(f"{path}: tensor {wrong[0][0]} has shape {wrong[0][1]}, r={lora_config.rank} and the "
+        raise CheckpointError(f"{path}: tensor {wrong[0][0]} is {wrong[0][1]}, r={lora_config.rank} and the "
                               f"model's config.json imply {wrong[0][2]}; the adapters belong to another model")
     np_dtype = resolve_dtype(dtype)
     adapters: dict = {}

@@ -77,6 +77,10 @@ def _abstract(metadata: Any) -> Any:
 
 def read_model_dir(model_dir: str) -> tuple[LLaDAConfig, dict, LeafReader]:
     """(config, raw config.json, leaf reader) of an Orbax model folder."""
+    params_dir = os.path.join(model_dir, PARAMS_DIR)
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"{model_dir}: not an Orbax model folder (no {PARAMS_DIR}/); pass the output of "
+                              "`python -m dllm_rl.convert` (convert an HF folder first) or the trainer's final_model")
     config = LLaDAConfig.from_hf_config(model_dir)
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         raw_config = json.load(f)
