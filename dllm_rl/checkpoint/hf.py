@@ -176,7 +176,8 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
         bar.close()
 
 
-def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+    """tree[path[0]][path[1]]... = value, creating the inner dicts."""
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
@@ -196,16 +197,17 @@ def load_hf(hf_dir: str | os.PathLike, dtype: Any = "float32", shardings: Any = 
         placer = lambda path, arr: jnp.asarray(arr)
     else:
         # Each device receives only its own slice (also across hosts, where device_put of the whole array fails).
-        placer = lambda path, arr: jax.make_array_from_callback(arr.shape, _get_path(shardings, path),
+        placer = lambda path, arr: jax.make_array_from_callback(arr.shape, get_path(shardings, path),
                                                                 lambda index: arr[index])
     params: dict = {}
     for path, arr in iter_params(hf_dir, config, dtype, progress=progress):
-        _set_path(params, path, placer(path, arr))
+        set_path(params, path, placer(path, arr))
         del arr
     return config, params
 
 
-def _get_path(tree, path):
+def get_path(tree, path: tuple[str, ...]):
+    """tree[path[0]][path[1]]..."""
     for key in path:
         tree = tree[key]
     return tree
@@ -215,7 +217,7 @@ def to_hf_tensors(config: LLaDAConfig, params: dict) -> dict[str, np.ndarray]:
     """Inverse mapping: params tree → {HF name: torch-layout array} (for exporting and for tests)."""
     out = {}
     for path, names, transpose in leaf_sources(config):
-        arr = np.asarray(_get_path(params, path))
+        arr = np.asarray(get_path(params, path))
         if path[0] != "layers":
             out[names[0]] = np.ascontiguousarray(arr.T if transpose else arr)
             continue

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dllm_rl.checkpoint.hf import hf_names, leaf_sources, resolve_dtype
+from dllm_rl.checkpoint.hf import get_path, hf_names, leaf_sources, resolve_dtype
 from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE, write_sharded
 from dllm_rl.export.sources import LeafReader
 from dllm_rl.models.llada import LLaDAConfig
@@ -58,12 +58,7 @@ def _adapter_at(adapters: dict | None, lora_config: LoRAConfig | None, path: tup
     if adapters is None:
         return None
     adapted = path == ("lm_head",) and lora_config.lm_head or path[0] == "layers" and path[1] in lora_config.targets
-    if not adapted:
-        return None
-    node = adapters
-    for key in path:
-        node = node[key]
-    return node
+    return get_path(adapters, path) if adapted else None
 
 
 def hf_config_json(raw_config: dict) -> dict:

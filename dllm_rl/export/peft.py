@@ -19,7 +19,8 @@ import numpy as np
 from safetensors import safe_open
 
 from dllm_rl.assets import LLADA_8B_META_DIR
-from dllm_rl.checkpoint.hf import INDEX_FILE, CheckpointError, hf_names, leaf_sources, resolve_dtype
+from dllm_rl.checkpoint.hf import (INDEX_FILE, CheckpointError, get_path, hf_names, leaf_sources, resolve_dtype,
+                                   set_path)
 from dllm_rl.export.safetensors_io import write_file
 from dllm_rl.models.llada import LLaDAConfig
 from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
@@ -94,9 +95,7 @@ def adapter_tensors(adapters: dict, lora_config: LoRAConfig, config: LLaDAConfig
     """(PEFT name, torch-layout array in `dtype`) for every adapter matrix, one at a time."""
     np_dtype = resolve_dtype(dtype)
     for path, modules in _adapted_sources(lora_config, config):
-        node = adapters
-        for key in path:
-            node = node[key]
+        node = get_path(adapters, path)
         a, b = np.asarray(node["a"]), np.asarray(node["b"])
         for i, module in enumerate(modules):
             a_i, b_i = (a[i], b[i]) if path[0] == "layers" else (a, b)
@@ -154,6 +153,8 @@ def load_peft(folder: str, config: LLaDAConfig, dtype: Any = "float32") -> tuple
     modules = {m.group(1) for m in map(_KEY.match, tensors) if m}
     strays = sorted(n for n in tensors if not _KEY.match(n))
     known = set(module_names(config))
+    if not modules:
+        raise CheckpointError(f"{path}: holds no LoRA weights (base_model.model.<module>.lora_A/B.weight)")
     if strays or not modules <= known:
         raise CheckpointError(f"{path}: tensors {(strays + sorted(modules - known))[:4]} are not LoRA weights of "
                               "LLaDA modules; the adapters belong to another model")
@@ -180,8 +181,5 @@ def load_peft(folder: str, config: LLaDAConfig, dtype: Any = "float32") -> tuple
         a = [tensors[f"{PEFT_PREFIX}{m}.lora_A.weight"].T.astype(np_dtype) for m in mods]
         b = [tensors[f"{PEFT_PREFIX}{m}.lora_B.weight"].T.astype(np_dtype) for m in mods]
         pair = {"a": np.stack(a), "b": np.stack(b)} if src_path[0] == "layers" else {"a": a[0], "b": b[0]}
-        node = adapters
-        for key in src_path[:-1]:
-            node = node.setdefault(key, {})
-        node[src_path[-1]] = pair
+        set_path(adapters, src_path, pair)
     return lora_config, adapters

@@ -9,10 +9,8 @@ A `LeafReader` maps a params path such as ("layers", "q_proj") to a host numpy a
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import operator
 import os
 import warnings
 from typing import Any, Callable
@@ -21,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dllm_rl.checkpoint.hf import CheckpointError
+from dllm_rl.checkpoint.hf import CheckpointError, get_path, set_path
 from dllm_rl.checkpoint.orbax import PARAMS_DIR
 from dllm_rl.models.llada import LLaDAConfig
 
@@ -31,7 +29,7 @@ CHECKPOINT_DIR, STATE_ITEM = "checkpoints", "state"  # the trainer's W/checkpoin
 
 def tree_reader(params: Any) -> LeafReader:
     """Reader over an in-memory params tree (jax or numpy leaves); each leaf is copied to host when read."""
-    return lambda path: np.asarray(functools.reduce(operator.getitem, path, params))
+    return lambda path: np.asarray(get_path(params, path))
 
 
 def _latest_step(directory: str, what: str) -> int:
@@ -84,7 +82,6 @@ def read_model_dir(model_dir: str) -> tuple[LLaDAConfig, dict, LeafReader]:
     config = LLaDAConfig.from_hf_config(model_dir)
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         raw_config = json.load(f)
-    params_dir = os.path.join(model_dir, PARAMS_DIR)
     step_dir = os.path.join(params_dir, str(_latest_step(
         params_dir, "pass a model folder written by `python -m dllm_rl.convert` or the trainer's final_model")))
 
@@ -135,11 +132,7 @@ class TrainerCheckpoint:
     def reader(self, key: str) -> LeafReader:
         """Leaf reader of the saved 'base' or (full fine-tuning) 'trainable' params."""
         def read(path: tuple[str, ...]) -> np.ndarray:
-            meta = functools.reduce(operator.getitem, (key, *path), self._metadata)
             target: dict = {}
-            node = target
-            for k in (key, *path[:-1]):
-                node = node.setdefault(k, {})
-            node[path[-1]] = _abstract(meta)
-            return functools.reduce(operator.getitem, (key, *path), _restore(self.state_dir, target))
+            set_path(target, (key, *path), _abstract(get_path(self._metadata, (key, *path))))
+            return get_path(_restore(self.state_dir, target), (key, *path))
         return read
