@@ -246,7 +246,7 @@ def write_trainer_checkpoint(workdir, adapters_or_params, base=None, gin_alpha=N
     manager.close()
     if gin_alpha is not None:
         with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
-            f.write(f"# Parameters for dllm_rl.LoRAConfig:\ndllm_rl.LoRAConfig.alpha = {gin_alpha}\n")
+            f.write(f"# Parameters for LoRAConfig:\nLoRAConfig.alpha = {gin_alpha}\nLoRAConfig.rank = 4\n")
 
 
 def test_cli_from_trainer_lora_checkpoint(tiny_dir, tiny_model_dir, tmp_path):

@@ -32,9 +32,12 @@ def hf_specs(config: LLaDAConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def merge_kernel(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
-    """W + scale·A@B of one [in, out] kernel, all in float32 (not yet cast)."""
-    delta = a.astype(np.float32) @ b.astype(np.float32)
-    return w.astype(np.float32) + np.float32(scale) * delta
+    """W + scale·A@B of one [in, out] kernel, all in float32 (not yet cast); in place on the one float32 buffer
+    (the same roundings as `w.astype(f32) + scale * delta`, without its temporaries)."""
+    merged = a.astype(np.float32) @ b.astype(np.float32)
+    merged *= np.float32(scale)
+    merged += w
+    return merged
 
 
 def merged_tensors(config: LLaDAConfig, read: LeafReader, dtype: Any, adapters: dict | None = None,
