@@ -133,8 +133,10 @@ def _read_tensor(handle, name: str, path: str, expected_shape: tuple) -> np.ndar
         raise CheckpointError(f"{path}: cannot read tensor {name} ({e}); the file is truncated or corrupt") from None
 
 
-def _leaf_sources(config: LLaDAConfig) -> Iterator[tuple[tuple[str, ...], list[str], bool]]:
-    """(params path, HF names stacked along axis 0 or a single name, transpose?) for every params leaf."""
+def leaf_sources(config: LLaDAConfig) -> Iterator[tuple[tuple[str, ...], list[str], bool]]:
+    """(params path, HF names stacked along axis 0 or a single name, transpose?) for every params leaf.
+
+    The one mapping between our tree and HF names, used both ways (loading here, exporting in `dllm_rl.export`)."""
     for hf, (leaf, transpose) in _TOP_TENSORS.items():
         yield (leaf,), [hf], transpose
     for short, (leaf, transpose) in _LAYER_TENSORS.items():
@@ -151,7 +153,7 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
     _check_names(expected, shard_of, hf_dir)
     bar = tqdm(total=len(expected), desc="loading tensors", unit="tensor", disable=not progress)
     try:
-        for path, names, transpose in _leaf_sources(config):
+        for path, names, transpose in leaf_sources(config):
             stacked = path[0] == "layers"
             out = None
             for i, name in enumerate(names):
@@ -174,7 +176,8 @@ def iter_params(hf_dir: str, config: LLaDAConfig, dtype: Any = "float32",
         bar.close()
 
 
-def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+    """tree[path[0]][path[1]]... = value, creating the inner dicts."""
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
@@ -194,16 +197,17 @@ def load_hf(hf_dir: str | os.PathLike, dtype: Any = "float32", shardings: Any = 
         placer = lambda path, arr: jnp.asarray(arr)
     else:
         # Each device receives only its own slice (also across hosts, where device_put of the whole array fails).
-        placer = lambda path, arr: jax.make_array_from_callback(arr.shape, _get_path(shardings, path),
+        placer = lambda path, arr: jax.make_array_from_callback(arr.shape, get_path(shardings, path),
                                                                 lambda index: arr[index])
     params: dict = {}
     for path, arr in iter_params(hf_dir, config, dtype, progress=progress):
-        _set_path(params, path, placer(path, arr))
+        set_path(params, path, placer(path, arr))
         del arr
     return config, params
 
 
-def _get_path(tree, path):
+def get_path(tree, path: tuple[str, ...]):
+    """tree[path[0]][path[1]]..."""
     for key in path:
         tree = tree[key]
     return tree
@@ -212,8 +216,8 @@ def _get_path(tree, path):
 def to_hf_tensors(config: LLaDAConfig, params: dict) -> dict[str, np.ndarray]:
     """Inverse mapping: params tree → {HF name: torch-layout array} (for exporting and for tests)."""
     out = {}
-    for path, names, transpose in _leaf_sources(config):
-        arr = np.asarray(_get_path(params, path))
+    for path, names, transpose in leaf_sources(config):
+        arr = np.asarray(get_path(params, path))
         if path[0] != "layers":
             out[names[0]] = np.ascontiguousarray(arr.T if transpose else arr)
             continue

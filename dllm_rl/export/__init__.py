@@ -1,0 +1,44 @@
+"""Trained weights users can take anywhere: a merged HF LLaDA folder, or the LoRA adapters as a PEFT folder.
+
+    python -m dllm_rl.export --ckpt_dir MODEL_DIR [--lora_dir W] --out_dir OUT --format hf|peft
+
+Modules: `safetensors_io` (streaming sharded writer), `sources` (Orbax model folders and trainer checkpoints, read
+leaf by leaf), `hf_export` (float32 merge, HF names), `peft` (PEFT names and target matching), `atomic` (write to
+a temporary sibling, then rename), `__main__` (the CLI).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dllm_rl.convert import copy_side_files
+from dllm_rl.export.atomic import staging_dir
+from dllm_rl.export.hf_export import merged_tensors, write_hf
+from dllm_rl.export.peft import load_peft, peft_adapted, peft_target_modules, write_peft
+from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE
+from dllm_rl.export.sources import LeafReader, read_model_dir, tree_reader
+from dllm_rl.models.llada import LLaDAConfig
+from dllm_rl.models.lora import LoRAConfig
+
+
+def export_hf(out_dir: str, config: LLaDAConfig, params: dict | LeafReader, dtype: Any = "bfloat16",
+              adapters: dict | None = None, lora_config: LoRAConfig | None = None, raw_config: dict | None = None,
+              side_files_dir: str | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+              overwrite: bool = False) -> None:
+    """Writes `out_dir` as an HF LLaDA folder: base `params` (a tree or a leaf reader) with the adapters merged
+    in float32, config.json (`raw_config`, default from `config`) and the tokenizer files of `side_files_dir`."""
+    read = params if callable(params) else tree_reader(params)
+    with staging_dir(out_dir, overwrite) as tmp:
+        write_hf(tmp, config, raw_config or config.to_hf_dict(), read, dtype, adapters, lora_config, max_shard_size)
+        if side_files_dir:
+            copy_side_files(side_files_dir, tmp)
+
+
+def export_peft(out_dir: str, config: LLaDAConfig, adapters: dict, lora_config: LoRAConfig, dtype: Any = "float32",
+                base_model: str = "", overwrite: bool = False) -> None:
+    """Writes `out_dir` as a PEFT LoRA folder loadable by `PeftModel.from_pretrained(llada, out_dir)`."""
+    with staging_dir(out_dir, overwrite) as tmp:
+        write_peft(tmp, adapters, lora_config, config, dtype, base_model)
+
+
+__all__ = ["export_hf", "export_peft", "load_peft", "merged_tensors", "peft_adapted", "peft_target_modules",
+           "read_model_dir", "tree_reader"]

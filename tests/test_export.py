@@ -1,0 +1,329 @@
+"""dllm_rl.export: HF export (bit-exact round trip, 8B names, float32 merge), PEFT folders, PEFT's target matching,
+trainer checkpoints and the CLI's errors."""
+import json
+import os
+
+import jax
+import ml_dtypes
+import numpy as np
+import optax
+import pytest
+from safetensors import safe_open
+
+from dllm_rl.assets import LLADA_8B_META_DIR
+from dllm_rl.checkpoint import CheckpointError, load_hf, save_orbax, to_hf_tensors
+from dllm_rl.checkpoint.hf import hf_names
+from dllm_rl.export import export_hf, export_peft, load_peft, peft_adapted, peft_target_modules
+from dllm_rl.export.__main__ import main
+from dllm_rl.export.peft import index_module_names, lora_module_names, module_names
+from dllm_rl.export.safetensors_io import parse_size, plan_shards
+from dllm_rl.models.llada import LLaDAConfig
+from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
+from dllm_rl.rl.trainer import _checkpoint_manager, _save
+from tests.helpers.llada_numpy import random_tensors, tiny_config, write_hf_dir
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+REAL_INDEX = json.loads((LLADA_8B_META_DIR / "model.safetensors.index.json").read_text())
+AGRPO_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+D1_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "gate_proj", "up_proj")
+
+
+def read_folder(folder) -> dict[str, np.ndarray]:
+    """Every tensor of an HF folder (single file or shards)."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    out = {}
+    for file in files:
+        with safe_open(os.path.join(folder, file), framework="numpy") as f:
+            out.update({name: f.get_tensor(name) for name in f.keys()})
+    return out
+
+
+def assert_bits_equal(got: dict, want: dict):
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape, name
+        assert got[name].tobytes() == tensor.tobytes(), name
+
+
+def random_adapters(config: LLaDAConfig, lora_config: LoRAConfig, seed=0) -> dict:
+    """Non-zero adapters {"layers": {t: {"a": [Ly, in, r], "b": [Ly, r, out]}}, "lm_head": {...}} in float32."""
+    from dllm_rl.models.llada import param_shapes
+
+    rng, shapes, out = np.random.default_rng(seed), param_shapes(config), {}
+    for t in lora_config.targets:
+        n, d_in, d_out = shapes["layers"][t]
+        out.setdefault("layers", {})[t] = {"a": rng.standard_normal((n, d_in, lora_config.rank), np.float32) * 0.1,
+                                           "b": rng.standard_normal((n, lora_config.rank, d_out), np.float32) * 0.1}
+    if lora_config.lm_head:
+        d_in, d_out = shapes["lm_head"]
+        out["lm_head"] = {"a": rng.standard_normal((d_in, lora_config.rank), np.float32) * 0.1,
+                          "b": rng.standard_normal((lora_config.rank, d_out), np.float32) * 0.1}
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_dir, tmp_path_factory):
+    """The tiny fixture converted to an Orbax model folder (float32)."""
+    out = str(tmp_path_factory.mktemp("models") / "tiny")
+    config, params = load_hf(tiny_dir)
+    save_orbax(out, config, params)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bf16_hf_dir(tmp_path_factory):
+    """A synthetic bf16 HF checkpoint in two shards with an index (random weights, tiny GQA shapes)."""
+    cfg = tiny_config(n_kv_heads=2)
+    tensors = {k: v.astype(BF16) for k, v in random_tensors(cfg, np.random.default_rng(3)).items()}
+    out = str(tmp_path_factory.mktemp("hf") / "bf16")
+    write_hf_dir(out, cfg, tensors, {n: ("model-00001-of-00002.safetensors" if "blocks.0." in n
+                                         else "model-00002-of-00002.safetensors") for n in tensors})
+    return out
+
+
+def test_fixture_hf_to_ours_to_hf_is_bit_identical(tiny_dir, tiny_model_dir, tmp_path):
+    out = str(tmp_path / "hf")
+    assert main(["--ckpt_dir", tiny_model_dir, "--out_dir", out, "--format", "hf", "--dtype", "float32"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert_bits_equal(read_folder(out), read_folder(str(tiny_dir)))
+    config, _ = load_hf(out)
+    assert config == LLaDAConfig.from_hf_config(str(tiny_dir))
+    assert json.loads(open(os.path.join(out, "config.json")).read())["auto_map"]["AutoModel"].endswith("LLaDAModelLM")
+
+
+def test_bf16_sharded_round_trip_is_bit_identical(bf16_hf_dir, tmp_path):
+    config, params = load_hf(bf16_hf_dir, dtype="bfloat16")
+    original = read_folder(bf16_hf_dir)
+    limit = 40_000
+    export_hf(str(tmp_path / "hf"), config, params, dtype="bfloat16", max_shard_size=limit)
+    out = tmp_path / "hf"
+    assert_bits_equal(read_folder(str(out)), original)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert files == [f"model-{k:05d}-of-{len(files):05d}.safetensors" for k in range(1, len(files) + 1)]
+    assert len(files) > 2 and sorted(index["weight_map"]) == sorted(original)
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in original.values())
+    for file in files:
+        names = [n for n, f in index["weight_map"].items() if f == file]
+        assert len(names) == 1 or sum(original[n].nbytes for n in names) <= limit
+    _, back = load_hf(str(out), dtype="bfloat16")
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), back, params)
+
+
+def scaled_8b_config(**widths) -> LLaDAConfig:
+    raw = json.loads((LLADA_8B_META_DIR / "config.json").read_text())
+    raw.update(widths)
+    return LLaDAConfig.from_hf_config(raw)
+
+
+def test_8b_names_and_shapes_match_the_real_index(tmp_path):
+    real = scaled_8b_config()
+    shapes = hf_names(real)
+    assert sorted(shapes) == sorted(REAL_INDEX["weight_map"])
+    assert sum(int(np.prod(s)) for s in shapes.values()) * 2 == REAL_INDEX["metadata"]["total_size"]
+    tiny = scaled_8b_config(d_model=16, n_heads=2, n_kv_heads=2, mlp_hidden_size=24, vocab_size=40,
+                            embedding_size=40)
+    tensors = random_tensors(tiny.to_hf_dict(), np.random.default_rng(0))
+    write_hf_dir(str(tmp_path / "src"), tiny.to_hf_dict(), tensors)
+    _, params = load_hf(str(tmp_path / "src"), dtype="bfloat16")
+    export_hf(str(tmp_path / "hf"), tiny, params, max_shard_size="20KB")
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == sorted(REAL_INDEX["weight_map"])
+    written = read_folder(str(tmp_path / "hf"))
+    small = hf_names(tiny)
+    for name, shape in shapes.items():  # the same axes as the real model, scaled
+        assert written[name].shape == small[name] and len(shape) == len(small[name]), name
+
+
+def test_shard_plan_and_sizes():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2**31 and parse_size(123) == 123
+    with pytest.raises(CheckpointError, match="not a size"):
+        parse_size("5 lots")
+    plan = plan_shards([("a", (10,)), ("b", (10,)), ("c", (30,)), ("d", (1,))], 1, 20)
+    assert [[n for n, _ in shard] for shard in plan] == [["a", "b"], ["c"], ["d"]]
+
+
+LORA_CASES = [LoRAConfig(rank=4, alpha=8.0), LoRAConfig(rank=3, alpha=5.0, lm_head=True),
+              LoRAConfig(rank=2, alpha=2.0, targets=(), lm_head=True),
+              LoRAConfig(rank=4, alpha=16.0, targets=("q_proj", "k_proj", "v_proj", "up_proj"))]
+
+
+@pytest.mark.parametrize("lora_config", LORA_CASES, ids=["default", "lm_head", "head_only", "d1"])
+def test_peft_folder_names_shapes_and_round_trip(tiny_dir, tmp_path, lora_config):
+    config = LLaDAConfig.from_hf_config(str(tiny_dir))
+    adapters = random_adapters(config, lora_config)
+    export_peft(str(tmp_path / "peft"), config, adapters, lora_config)
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert (cfg["peft_type"], cfg["r"], cfg["lora_alpha"]) == ("LORA", lora_config.rank, lora_config.alpha)
+    ours = lora_module_names(lora_config, config)
+    assert peft_adapted(cfg["target_modules"], module_names(config)) == ours  # PEFT adapts exactly our modules
+    tensors = read_folder(str(tmp_path / "peft"))
+    shapes = hf_names(config)
+    want = {}
+    for module in ours:
+        d_out, d_in = shapes[module + ".weight"]
+        want[f"base_model.model.{module}.lora_A.weight"] = (lora_config.rank, d_in)
+        want[f"base_model.model.{module}.lora_B.weight"] = (d_out, lora_config.rank)
+    assert {n: t.shape for n, t in tensors.items()} == want
+    if lora_config.targets:
+        q = tensors["base_model.model.model.transformer.blocks.1.q_proj.lora_A.weight"]
+        np.testing.assert_array_equal(q, adapters["layers"]["q_proj"]["a"][1].T)
+    back_config, back = load_peft(str(tmp_path / "peft"), config)
+    assert back_config == lora_config
+    jax.tree.map(np.testing.assert_array_equal, back, adapters)
+
+
+def test_load_peft_rejects_what_does_not_map(tiny_dir, tmp_path):
+    config = LLaDAConfig.from_hf_config(str(tiny_dir))
+    lora_config = LoRAConfig(rank=2, alpha=2.0)
+    folder = tmp_path / "peft"
+    export_peft(str(folder), config, random_adapters(config, lora_config), lora_config)
+    deeper = LLaDAConfig.from_hf_config(tiny_config(n_layers=3))
+    with pytest.raises(CheckpointError, match="blocks.2.* break the pattern"):
+        load_peft(str(folder), deeper)
+    wider = LLaDAConfig.from_hf_config(tiny_config(d_model=128))
+    with pytest.raises(CheckpointError, match="lora_A.weight is .* imply"):
+        load_peft(str(folder), wider)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    for field, value, message in (("use_dora", True, "use_dora=True is not supported"),
+                                  ("target_modules", ["q_proj"], "selects other modules")):
+        (folder / "adapter_config.json").write_text(json.dumps({**cfg, field: value}))
+        with pytest.raises(CheckpointError, match=message):
+            load_peft(str(folder), config)
+
+
+def test_peft_suffix_rule_on_the_real_8b_names():
+    names = index_module_names()  # the shipped real index
+    config = scaled_8b_config()
+    assert names == set(module_names(config))
+    agrpo = peft_adapted(list(AGRPO_TARGETS), names)
+    assert "model.transformer.ff_out" in agrpo and len(agrpo) == 7 * 32 + 1  # the suffix rule catches the LM head
+    assert lora_module_names(LoRAConfig(targets=AGRPO_TARGETS, lm_head=True), config) == agrpo
+    default = lora_module_names(LoRAConfig(targets=LAYER_TARGETS), config)
+    assert agrpo - default == {"model.transformer.ff_out"}
+    d1 = peft_adapted(list(D1_TARGETS), names)
+    assert {n.rsplit(".", 1)[1] for n in d1} == {"q_proj", "k_proj", "v_proj", "up_proj"} and len(d1) == 4 * 32
+    assert lora_module_names(LoRAConfig(targets=("q_proj", "k_proj", "v_proj", "up_proj")), config) == d1
+    # what we write: the plain list when it is exact, a regex when the suffix rule would over-match
+    assert peft_target_modules(LoRAConfig(targets=AGRPO_TARGETS, lm_head=True), config) == sorted(AGRPO_TARGETS)
+    assert isinstance(peft_target_modules(LoRAConfig(targets=LAYER_TARGETS), config), str)
+
+
+def f64_merge_hf(base: dict, adapters: dict, lora_config: LoRAConfig, config) -> dict:
+    """Reference merge in float64 on HF (torch-layout) tensors: W + s·(A@B)ᵀ."""
+    out = {k: v.astype(np.float64) for k, v in base.items()}
+    for module in lora_module_names(lora_config, config):
+        if module == "model.transformer.ff_out":
+            a, b = adapters["lm_head"]["a"], adapters["lm_head"]["b"]
+        else:
+            *_, i, short = module.split(".")
+            a, b = adapters["layers"][short]["a"][int(i)], adapters["layers"][short]["b"][int(i)]
+        out[module + ".weight"] += lora_config.scale * (a.astype(np.float64) @ b.astype(np.float64)).T
+    return out
+
+
+def test_merged_export_is_float32_merge_cast_once(bf16_hf_dir, tmp_path):
+    config, params = load_hf(bf16_hf_dir, dtype="bfloat16")
+    lora_config = LoRAConfig(rank=4, alpha=8.0, lm_head=True)
+    adapters = random_adapters(config, lora_config, seed=1)
+    for dtype in ("float32", "bfloat16"):
+        export_hf(str(tmp_path / dtype), config, params, dtype, adapters, lora_config)
+    f32, bf16 = read_folder(str(tmp_path / "float32")), read_folder(str(tmp_path / "bfloat16"))
+    want = f64_merge_hf(read_folder(bf16_hf_dir), adapters, lora_config, config)
+    for name, ref in want.items():
+        np.testing.assert_allclose(f32[name], ref, rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(bf16[name], f32[name].astype(BF16), err_msg=name)  # one cast, from f32
+    q = f32["model.transformer.blocks.0.q_proj.weight"]
+    assert not np.array_equal(q, q.astype(BF16).astype(np.float32))  # never rounded through the bf16 base
+
+
+def write_trainer_checkpoint(workdir, adapters_or_params, base=None, gin_alpha=None):
+    """A checkpoint exactly as the trainer writes it (W/checkpoints/<step>/{state,data})."""
+    manager = _checkpoint_manager(os.path.join(workdir, "checkpoints"), 2)
+    opt_state = optax.adam(1e-3).init(adapters_or_params)
+    _save(manager, 0, jax.tree.map(np.zeros_like, adapters_or_params), opt_state, {"epoch": 0}, base)
+    _save(manager, 5, adapters_or_params, opt_state, {"epoch": 0}, base)
+    manager.close()
+    if gin_alpha is not None:
+        with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
+            f.write(f"# Parameters for LoRAConfig:\nLoRAConfig.alpha = {gin_alpha}\nLoRAConfig.rank = 4\n")
+
+
+def test_cli_from_trainer_lora_checkpoint(tiny_dir, tiny_model_dir, tmp_path):
+    config, params = load_hf(tiny_dir)
+    lora_config = LoRAConfig(rank=4, alpha=6.0, lm_head=True)
+    adapters = random_adapters(config, lora_config, seed=2)
+    workdir = str(tmp_path / "w")
+    write_trainer_checkpoint(workdir, adapters, gin_alpha=6.0)
+    peft_dir, hf_dir = str(tmp_path / "peft"), str(tmp_path / "hf")
+    assert main(["--ckpt_dir", tiny_model_dir, "--lora_dir", workdir, "--out_dir", peft_dir, "--format", "peft"]) == 0
+    back_config, back = load_peft(peft_dir, config)
+    assert back_config == lora_config
+    jax.tree.map(np.testing.assert_array_equal, back, adapters)
+    # a PEFT folder is accepted as --lora_dir too, and merges like the checkpoint it came from
+    for src, out in ((workdir, hf_dir), (peft_dir, hf_dir + "2")):
+        assert main(["--ckpt_dir", tiny_model_dir, "--lora_dir", src, "--out_dir", out, "--format", "hf",
+                     "--dtype", "float32"]) == 0
+    merged = read_folder(hf_dir)
+    assert_bits_equal(read_folder(hf_dir + "2"), merged)
+    want = f64_merge_hf(read_folder(str(tiny_dir)), adapters, lora_config, config)
+    for name, ref in want.items():
+        np.testing.assert_allclose(merged[name], ref, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_cli_trainer_checkpoint_with_sft_base_and_full_fine_tuning(tiny_dir, tiny_model_dir, tmp_path, capsys):
+    config, params = load_hf(tiny_dir)
+    params = jax.tree.map(np.asarray, params)
+    shifted = jax.tree.map(lambda x: x + np.float32(0.5), params)
+    lora_config = LoRAConfig(rank=2, alpha=2.0)
+    write_trainer_checkpoint(str(tmp_path / "sft"), random_adapters(config, lora_config), base=shifted)
+    args = ["--ckpt_dir", tiny_model_dir, "--lora_dir", str(tmp_path / "sft"), "--lora_alpha", "2"]
+    assert main(args + ["--out_dir", str(tmp_path / "p"), "--format", "peft"]) == 2
+    assert "SFT-warm-started base" in capsys.readouterr().err
+    assert main(args + ["--out_dir", str(tmp_path / "h"), "--format", "hf", "--dtype", "float32"]) == 0
+    got = read_folder(str(tmp_path / "h"))
+    np.testing.assert_array_equal(got["model.transformer.wte.weight"], shifted["embed"])  # the saved base is used
+    write_trainer_checkpoint(str(tmp_path / "full"), shifted)
+    assert main(["--ckpt_dir", tiny_model_dir, "--lora_dir", str(tmp_path / "full"), "--out_dir",
+                 str(tmp_path / "f"), "--format", "hf", "--dtype", "float32"]) == 0
+    assert_bits_equal(read_folder(str(tmp_path / "f")), to_hf_tensors(config, shifted))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--format", "peft"], "--format peft needs LoRA adapters"),
+    (["--format", "hf", "--lora_dir", "{tmp}/nowhere"], "not a trainer workdir"),
+    (["--format", "hf", "--dtype", "int4"], "unknown dtype"),
+    (["--format", "hf", "--shard_size", "big"], "not a size"),
+    (["--format", "hf", "--ckpt_dir", "{tmp}"], "not an Orbax model folder"),
+])
+def test_cli_errors_name_the_problem_and_write_nothing(tiny_model_dir, tmp_path, capsys, extra, message):
+    out = str(tmp_path / "out")
+    argv = ["--ckpt_dir", tiny_model_dir, "--out_dir", out] + [a.format(tmp=tmp_path) for a in extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_missing_alpha_and_existing_out_dir(tiny_dir, tiny_model_dir, tmp_path, capsys):
+    config = LLaDAConfig.from_hf_config(str(tiny_dir))
+    write_trainer_checkpoint(str(tmp_path / "w"), random_adapters(config, LoRAConfig(rank=2, alpha=2.0)))
+    base = ["--ckpt_dir", tiny_model_dir, "--lora_dir", str(tmp_path / "w"), "--format", "peft"]
+    assert main(base + ["--out_dir", str(tmp_path / "p")]) == 2
+    assert "pass --lora_alpha" in capsys.readouterr().err
+    os.makedirs(tmp_path / "p")
+    assert main(base + ["--lora_alpha", "2", "--out_dir", str(tmp_path / "p")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(base + ["--lora_alpha", "2", "--out_dir", str(tmp_path / "p"), "--overwrite"]) == 0
+
+
+def test_failed_write_leaves_nothing(tiny_dir, tmp_path):
+    config, params = load_hf(tiny_dir)
+
+    def failing(path):
+        if path == ("layers", "ff_out"):
+            raise OSError("disk full")
+        return np.asarray(params[path[0]] if len(path) == 1 else params[path[0]][path[1]])
+
+    with pytest.raises(OSError, match="disk full"):
+        export_hf(str(tmp_path / "out"), config, failing, max_shard_size="10KB")
+    assert os.listdir(tmp_path) == []
