@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dllm_rl.tasks import math_rewards
 from dllm_rl.tasks.base import REWARD_STYLES, RewardBreakdown, Score, Task, check_style, register, too_long
-from dllm_rl.tasks.equivalence import math_equal
 from dllm_rl.tasks.extract import first_integer, parse_ans
 from dllm_rl.tasks.files import read_jsonl
 from dllm_rl.tasks.prompts import math_prompt
@@ -28,6 +27,7 @@ def final_answer(solution: str) -> str:
 class GSM8K(Task):
     name = "gsm8k"
     splits = tuple(_FILES)
+    reward_bounds_by_style = {"agrpo": math_rewards.AGRPO_BOUNDS, "d1": math_rewards.D1_GSM8K_BOUNDS}
 
     def load(self, split: str) -> list[dict]:
         self._check_split(split)
@@ -49,4 +49,4 @@ class GSM8K(Task):
         answer = parse_ans(completion)
         if not strict:
             answer = first_integer(answer) or answer
-        return Score(answer, float(math_equal(example["answer"], answer)))
+        return math_rewards.verified_score(answer, example["answer"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dllm_rl.tasks import math_rewards
 from dllm_rl.tasks.base import REWARD_STYLES, RewardBreakdown, Score, Task, check_style, register, too_long
-from dllm_rl.tasks.equivalence import math_equal
 from dllm_rl.tasks.extract import parse_ans
 from dllm_rl.tasks.files import read_jsonl
 from dllm_rl.tasks.prompts import math_prompt
@@ -25,6 +24,7 @@ _FIELDS = ("problem", "solution", "answer", "subject", "level", "unique_id")
 class MATH(Task):
     name = "math"
     splits = tuple(_FILES)
+    reward_bounds_by_style = {"agrpo": math_rewards.AGRPO_BOUNDS, "d1": math_rewards.D1_MATH_BOUNDS}
 
     def load(self, split: str) -> list[dict]:
         self._check_split(split)
@@ -43,4 +43,4 @@ class MATH(Task):
         if too_long(completion):
             return Score("", 0.0)
         answer = parse_ans(completion)
-        return Score(answer, float(math_equal(example["answer"], answer)))
+        return math_rewards.verified_score(answer, example["answer"])
