@@ -1,6 +1,11 @@
-"""Completions for the tasks tests: seeded adversarial ones (fuzz and load tests) and MATH-500 answers
-rewritten in an equivalent form that sympy must simplify (the load test's hard-but-equal answers)."""
+"""Completions for the tasks tests: seeded adversarial ones (fuzz and load tests), MATH-500 answers
+rewritten in an equivalent form that sympy must simplify (the load test's hard-but-equal answers), and
+small reward assertions shared by the per-task test files."""
 import random
+
+import pytest
+
+from dllm_rl.tasks import get_task
 
 FUZZ_EXAMPLES = {
     "gsm8k": {"question": "q", "solution": "#### 18", "answer": "18"},
@@ -64,3 +69,15 @@ def adversarial_completion(rng: random.Random) -> str:
                            "<answer>{b} = 23</answer>", "<reasoning>\n{b}\n</reasoning>\n<answer>\n{b}\n</answer>\n",
                            "<answer>\\boxed{{{b}", "{b}<answer>", "<think>{b}"])
     return template.format(b=body)
+
+
+def reward_components(task_name: str, completion: str, example: dict, style: str = "agrpo") -> dict:
+    return dict(get_task(task_name).reward(completion, example, style=style).components)
+
+
+def assert_bounds_attained(task_name: str, style: str, example: dict, lowest: str, highest: str) -> None:
+    """`lowest` and `highest` get exactly the task's `reward_bounds(style)` (so the bounds are tight)."""
+    task = get_task(task_name)
+    low, high = task.reward_bounds(style)
+    assert task.reward(lowest, example, style=style).total == pytest.approx(low, abs=1e-9)
+    assert task.reward(highest, example, style=style).total == pytest.approx(high, abs=1e-9)
