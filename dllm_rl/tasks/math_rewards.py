@@ -39,9 +39,10 @@ def verified_score(answer: str, gold: str) -> Score:
 # absent), the "\n</answer>" term at most n − 10 − 1 (the characters after that 10-character tag, less one).
 # So the count is ≥ 0.25 − 0.001·(2n − 11), attained by "\n</answer>x\n<answer>\n" + filler, n at the cap.
 D1_XML_COUNT_MIN = 0.25 - 0.001 * (2 * MAX_COMPLETION_CHARS - 11)
-# Upper: xml count ≤ 0.5 (four tags; ending on "\n</answer>" earns +0.001 only when "\n</answer>\n" is
-# absent, which makes the other tag's penalty ≥ 0.019), soft and strict format never both match (strict
-# needs "<reasoning>\n", soft a "</reasoning>" on that first line), integer 0.5, exact match 2.0.
+# Upper: xml count ≤ 0.5 (four tags; a completion ending on "\n</answer>" earns +0.001 from that tag, but
+# then "\n</answer>\n" is absent and the "\n<answer>\n" tag, if present, costs ≥ 0.019), soft and strict
+# format never both match (strict needs "<reasoning>\n", soft a "</reasoning>" on that first line),
+# integer answer 0.5, exact match 2.0.
 D1_GSM8K_BOUNDS = (D1_XML_COUNT_MIN, 0.5 + 0.5 + 0.5 + 2.0)
 
 
