@@ -84,6 +84,6 @@ def test_a_timed_out_check_is_flagged_and_graded_wrong(monkeypatch):
     monkeypatch.setattr(math_rewards, "math_verdict", lambda gold, pred: Verdict.TIMED_OUT)
     reward = get_task("math").reward("<think>x</think><answer>\\boxed{\\frac{1}{2}}</answer>", MATH)
     assert reward.timed_out and reward.components["correctness"] == 0.0 and reward.total == 1.0
-    score = get_task("gsm8k").score("<answer>1200</answer>", GSM)
+    score = math_rewards.verified_score("1200", "1200")
     assert score.timed_out and score.correct == 0.0
     assert not get_task("math").reward("x", MATH, style="d1").timed_out  # d1 styles never call math-verify
