@@ -1,94 +1,69 @@
-"""10,000 adversarial completions per task: no exception escapes a reward or score call, none takes > 1 s.
+"""10,000 adversarial completions per task: no exception escapes a reward or score call, none costs > 1 s
+of CPU time (this process's plus the math-verify helper's: wall-clock time would measure the machine's
+load), every reward lies within its task's `reward_bounds` and every score in [0, 1].
 
-Completions are drawn from a seeded generator (fast and reproducible) mixing huge written-out numbers,
-power towers, deep brackets, Unicode digits, unbalanced tags and megabyte strings into answer templates.
+Cross-task on purpose (not one file per task module): the same seeded generator (tests/helpers) drives every
+task through the public `Task` interface, so a task added to FUZZ_EXAMPLES is fuzzed the same way.
 """
+import os
+import pathlib
 import random
 import time
 import zlib
 
 import pytest
 
-from dllm_rl.tasks import REWARD_STYLES, get_task, warm_up_math_verify
+from dllm_rl.tasks import REWARD_STYLES, equivalence, get_task, warm_up_math_verify
+from tests.helpers.task_completions import FUZZ_EXAMPLES, adversarial_completion
 
 N_COMPLETIONS = 10_000
 MAX_SECONDS = 1.0
-
-EXAMPLES = {
-    "gsm8k": {"question": "q", "solution": "#### 18", "answer": "18"},
-    "math": {"problem": "p", "solution": r"$\boxed{\frac{\pi}{2}}$", "answer": r"\frac{\pi}{2}"},
-    "countdown": {"nums": [30, 100, 93], "target": 23},
-    "sudoku": {"puzzle": "3102200002100320", "answer": "3142243142131324"},
-}
+ROUNDING = 1e-9  # bounds are exact; the sums of float parts may round past them by an ulp
 
 
-def _atom(rng: random.Random) -> str:
-    choice = rng.randrange(14)
-    if choice == 0:
-        return "9" * rng.choice([30, 400, 5000, 50_000])                 # huge written-out numbers
-    if choice == 1:
-        return rng.choice(["9**9**9", "9^{9^{9}}", "(10^{100})!", "10^{10^{10}}", "2^{2^{2^{2^{2}}}}",
-                           "\\binom{10^{9}}{50000}", "99999!", "10^{99999}", "9^{99999}"])
-    if choice == 2:
-        n = rng.choice([5, 50, 500, 20_000])                              # deep nesting
-        return rng.choice("({[") * n + "1" + rng.choice(")}]") * n
-    if choice == 3:
-        return "".join(rng.choice("١٢٣٤٥６７８９𝟗߁०") for _ in range(rng.randint(1, 20)))  # Unicode digits
-    if choice == 4:
-        return rng.choice(["<answer>", "</answer>", "<think>", "</think>", "<reasoning>", "\\boxed{", "}"]) * \
-            rng.choice([1, 3, 1000])                                      # unbalanced tags
-    if choice == 5:
-        return "".join(rng.choice("0123456789+-*/()= ") for _ in range(rng.randint(1, 60)))
-    if choice == 6:
-        return rng.choice(["\\frac{1}{0}", "1/0", "0/0", "\\sqrt{-1}", "\\infty", "nan", "=", "==", "\x00", "\\",
-                           "$", "$$", "\\left(", "\\text{ ", "\\boxed ", "\\fbox{", "#### ", "\n", "\r\n"])
-    if choice == 7:
-        return "".join(rng.choice("1234 0\n") for _ in range(rng.randint(10, 40)))
-    if choice == 8:
-        return rng.choice(["x", "a" * 1000, "∑", "😀", "\u202e", "\ufeff"]) * rng.randint(1, 5)
-    if choice == 9:
-        return "=" * rng.choice([1, 100, 10_000]) + "1"
-    if choice == 10:
-        return "\n".join("1 + 2 = 3" for _ in range(rng.choice([1, 100, 3000])))
-    if choice == 11:
-        return rng.choice(["-", "+", "*", "/"]) * rng.choice([10, 100, 5000]) + "5"
-    if choice == 12:
-        return str(rng.randint(-10**6, 10**6))
-    return "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randint(1, 30)))
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and the live math-verify helpers (Linux /proc; reaches into
+    the helper pair)."""
+    total = time.process_time()
+    for helper in (equivalence._HELPER._active, equivalence._HELPER._standby):
+        if helper is not None and helper.alive():
+            stat = pathlib.Path(f"/proc/{helper._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
 
 
-def adversarial_completion(rng: random.Random) -> str:
-    if rng.random() < 0.01:
-        atom = _atom(rng)
-        return (atom * (1_000_000 // len(atom) + 1))[:1_000_000]       # megabyte strings
-    body = "".join(_atom(rng) for _ in range(rng.randint(1, 4)))
-    template = rng.choice(["{b}", "<answer>{b}</answer>", "<think>{b}</think><answer>\\boxed{{{b}}}</answer>",
-                           "<answer>{b} = 23</answer>", "<reasoning>\n{b}\n</reasoning>\n<answer>\n{b}\n</answer>\n",
-                           "<answer>\\boxed{{{b}", "{b}<answer>", "<think>{b}"])
-    return template.format(b=body)
+def _check(task, style, result) -> None:
+    if style is None:
+        value, (low, high) = result.correct, (0.0, 1.0)
+    else:
+        value, (low, high) = result.total, task.reward_bounds(style)
+    assert value == value and low - ROUNDING <= value <= high + ROUNDING, (style, value, (low, high))
+    assert not result.timed_out  # every fuzz answer is screened out or checked well within the CPU budget
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task_name", sorted(EXAMPLES))
+@pytest.mark.parametrize("task_name", sorted(FUZZ_EXAMPLES))
 def test_rewards_and_scores_survive_adversarial_completions(task_name):
-    task, example = get_task(task_name), EXAMPLES[task_name]
+    task, example = get_task(task_name), FUZZ_EXAMPLES[task_name]
     warm_up_math_verify()
     rng = random.Random(zlib.crc32(task_name.encode()))  # str hash() is salted per process: not reproducible
-    durations = []
+    durations, max_cpu = [], 0.0
     for i in range(N_COMPLETIONS):
         completion = adversarial_completion(rng)
-        calls = [lambda style=s: task.reward(completion, example, style=style) for s in REWARD_STYLES]
+        calls = [(s, lambda style=s: task.reward(completion, example, style=style)) for s in REWARD_STYLES]
         if i % 10 == 0:
-            calls += [lambda: task.score(completion, example), lambda: task.score(completion, example, strict=True)]
-        for call in calls:
+            calls += [(None, lambda: task.score(completion, example)),
+                      (None, lambda: task.score(completion, example, strict=True))]
+        for style, call in calls:
+            start_cpu = _cpu_seconds()
             start = time.perf_counter()
             result = call()
-            elapsed = time.perf_counter() - start
-            durations.append(elapsed)
-            assert elapsed < MAX_SECONDS, f"{task_name}: {elapsed:.2f}s on {completion[:200]!r}"
-            value = result.total if hasattr(result, "total") else result.correct
-            assert value == value and abs(value) <= 4.0  # finite, within the reward range
+            durations.append(time.perf_counter() - start)
+            cpu = _cpu_seconds() - start_cpu
+            max_cpu = max(max_cpu, cpu)
+            assert cpu < MAX_SECONDS, f"{task_name}: {cpu:.2f} CPU s on {completion[:200]!r}"
+            _check(task, style, result)
     durations.sort()
     print(f"{task_name}: {len(durations)} calls, p50 {durations[len(durations) // 2] * 1e3:.2f} ms, "
           f"p99 {durations[int(len(durations) * 0.99)] * 1e3:.1f} ms, max {durations[-1] * 1e3:.0f} ms, "
-          f"total {sum(durations):.1f} s")
+          f"total {sum(durations):.1f} s; max CPU {max_cpu * 1e3:.0f} ms")

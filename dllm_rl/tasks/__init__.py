@@ -3,10 +3,13 @@
     task = get_task("gsm8k")
     example = task.load("train")[0]
     messages = task.prompt(example)                       # AGRPO <think>/<answer>; style="d1" for <reasoning>
-    breakdown = task.reward(completion, example)          # RewardBreakdown(components=..., total=...)
+    breakdown = task.reward(completion, example)          # RewardBreakdown(components=..., total=..., timed_out=...)
+    low, high = task.reward_bounds("agrpo")               # the least and greatest breakdown.total
     score = task.score(completion, example)               # Score(extracted, correct) as AGRPO's eval grades
 
-See README.md in this folder for the reproduced quirks and data/README.md for data provenance.
+`timed_out` is True when a math-verify check ran out of its CPU budget (graded 0; see equivalence.py).
+See README.md in this folder for the reproduced quirks and bounds, docs/reference_quirks.md for the
+reference behaviours reproduced on purpose, and data/README.md for data provenance.
 """
 from dllm_rl.tasks import countdown, gsm8k, math_task, reverse, sudoku  # noqa: F401  (registers the tasks)
 from dllm_rl.tasks.base import (MAX_COMPLETION_CHARS, PROMPT_STYLES, REWARD_STYLES, RewardBreakdown, Score, Task,

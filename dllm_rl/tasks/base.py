@@ -22,9 +22,14 @@ MAX_COMPLETION_CHARS = 32_768
 
 @dataclasses.dataclass(frozen=True)
 class RewardBreakdown:
-    """A training reward: `total` is the sum of the named `components` (each logged on its own)."""
+    """A training reward: `total` is the sum of the named `components` (each logged on its own).
+
+    `timed_out` is True when a math-verify check ran out of its CPU budget and was graded as wrong (see
+    `equivalence.py`); the trainer logs the count per step as `reward/timeouts`.
+    """
 
     components: Mapping[str, float]
+    timed_out: bool = False
 
     @property
     def total(self) -> float:
@@ -33,18 +38,21 @@ class RewardBreakdown:
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-    """An evaluation result: the answer the metric extracted, and its correctness in [0, 1]."""
+    """An evaluation result: the answer the metric extracted, its correctness in [0, 1], and whether a
+    math-verify check ran out of its CPU budget (then `correct` is 0)."""
 
     extracted: str
     correct: float
+    timed_out: bool = False
 
 
 class Task:
-    """Base class: subclasses set `name`, `splits` and implement the four methods."""
+    """Base class: subclasses set `name`, `splits`, `reward_bounds_by_style` and implement the four methods."""
 
     name: str = ""
     splits: tuple[str, ...] = ()
     default_eval_split: str = "test"
+    reward_bounds_by_style: Mapping[str, tuple[float, float]] = {}
 
     def load(self, split: str) -> Sequence[dict]:
         """Examples of `split` (plain dicts with the fields the prompt and reward need)."""
@@ -58,12 +66,18 @@ class Task:
         """The training reward of a decoded completion, as the `style` ("agrpo" or "d1") code defines it."""
         raise NotImplementedError
 
+    def reward_bounds(self, style: str = "agrpo") -> tuple[float, float]:
+        """The least and the greatest `reward(...).total` of `style` over all completions and examples,
+        derived from the reward's definition (each is attained by some completion; see the tests)."""
+        check_style(style, REWARD_STYLES, "reward")
+        return self.reward_bounds_by_style[style]
+
     def score(self, completion: str, example: Example, strict: bool = False) -> Score:
         """The evaluation metric; `strict=False` reproduces the reference protocol, quirks included."""
         raise NotImplementedError
 
     def reference_answer(self, example: Example) -> str:
-        """The gold answer as a string, for eval logs."""
+        """The gold answer as a string: shown in eval logs, and the target of the supervised warm start."""
         return str(example["answer"])
 
     def _check_split(self, split: str) -> None:
@@ -93,7 +107,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> Task:
-    """The task registered as `name` (gsm8k, math, countdown, sudoku)."""
+    """The task registered as `name` (see `list_tasks()`: countdown, gsm8k, math, reverse, sudoku)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}")
     return _REGISTRY[name]

@@ -31,6 +31,9 @@ TEST_FILE = "countdown/countdown_cd3_test.jsonl"
 TRAIN_SIZE = 10_000
 TRAIN_SEED = 42
 _AGRPO_LHS = re.compile(r"^[\d\s+\-*/()]+$")
+# AGRPO: format in [−0.5 (several "=", nothing else right), 1.0 (three thirds)], correctness 0 or 3.0.
+# d1: 0 (no answer tag), 0.1 or 1.0.
+REWARD_BOUNDS = {"agrpo": (-0.5, 4.0), "d1": (0.0, 1.0)}
 
 
 def equation_is_correct(equation: str, target: int, nums: list[int]) -> bool:
@@ -103,6 +106,7 @@ def _load(split: str) -> tuple[dict, ...]:
 class Countdown(Task):
     name = "countdown"
     splits = ("train", "train_upstream", "test", "test_d1")
+    reward_bounds_by_style = REWARD_BOUNDS
 
     def load(self, split: str) -> list[dict]:
         self._check_split(split)

@@ -10,11 +10,10 @@ whole extracted answer with math-verify instead (the training reward's criterion
 from __future__ import annotations
 
 from dllm_rl.tasks import math_rewards
-from dllm_rl.tasks.base import REWARD_STYLES, RewardBreakdown, Score, Task, check_style, register, too_long
-from dllm_rl.tasks.equivalence import math_equal
-from dllm_rl.tasks.extract import first_integer, parse_ans
+from dllm_rl.tasks.base import Example, RewardBreakdown, register
+from dllm_rl.tasks.extract import first_integer
 from dllm_rl.tasks.files import read_jsonl
-from dllm_rl.tasks.prompts import math_prompt
+from dllm_rl.tasks.math_answer_task import MathAnswerTask
 
 _FILES = {"train": "gsm8k/train.jsonl.gz", "test": "gsm8k/test.jsonl.gz"}
 
@@ -25,28 +24,19 @@ def final_answer(solution: str) -> str:
 
 
 @register
-class GSM8K(Task):
+class GSM8K(MathAnswerTask):
     name = "gsm8k"
     splits = tuple(_FILES)
+    reward_bounds_by_style = {"agrpo": math_rewards.AGRPO_BOUNDS, "d1": math_rewards.D1_GSM8K_BOUNDS}
+    question_field = "question"
 
     def load(self, split: str) -> list[dict]:
         self._check_split(split)
         return [{"question": row["question"], "solution": row["answer"], "answer": final_answer(row["answer"])}
                 for row in read_jsonl(_FILES[split])]
 
-    def prompt(self, example, style: str = "agrpo"):
-        return math_prompt(example["question"], style, is_math=False)
-
-    def reward(self, completion: str, example, style: str = "agrpo") -> RewardBreakdown:
-        check_style(style, REWARD_STYLES, "reward")
-        if style == "agrpo":
-            return math_rewards.agrpo_reward(completion, example["answer"])
+    def d1_reward(self, completion: str, example: Example) -> RewardBreakdown:
         return math_rewards.d1_gsm8k_reward(completion, example["answer"])
 
-    def score(self, completion: str, example, strict: bool = False) -> Score:
-        if too_long(completion):
-            return Score("", 0.0)
-        answer = parse_ans(completion)
-        if not strict:
-            answer = first_integer(answer) or answer
-        return Score(answer, float(math_equal(example["answer"], answer)))
+    def eval_answer(self, answer: str, strict: bool) -> str:
+        return answer if strict else first_integer(answer) or answer

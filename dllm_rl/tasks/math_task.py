@@ -11,36 +11,25 @@ quirk, so `strict` changes nothing here.
 from __future__ import annotations
 
 from dllm_rl.tasks import math_rewards
-from dllm_rl.tasks.base import REWARD_STYLES, RewardBreakdown, Score, Task, check_style, register, too_long
-from dllm_rl.tasks.equivalence import math_equal
-from dllm_rl.tasks.extract import parse_ans
+from dllm_rl.tasks.base import Example, RewardBreakdown, register
 from dllm_rl.tasks.files import read_jsonl
-from dllm_rl.tasks.prompts import math_prompt
+from dllm_rl.tasks.math_answer_task import MathAnswerTask
 
 _FILES = {"train": "math/train_agrpo.jsonl.gz", "test": "math500/test.jsonl.gz"}
 _FIELDS = ("problem", "solution", "answer", "subject", "level", "unique_id")
 
 
 @register
-class MATH(Task):
+class MATH(MathAnswerTask):
     name = "math"
     splits = tuple(_FILES)
+    reward_bounds_by_style = {"agrpo": math_rewards.AGRPO_BOUNDS, "d1": math_rewards.D1_MATH_BOUNDS}
+    question_field = "problem"
+    is_math = True
 
     def load(self, split: str) -> list[dict]:
         self._check_split(split)
         return [{k: row[k] for k in _FIELDS} for row in read_jsonl(_FILES[split])]
 
-    def prompt(self, example, style: str = "agrpo"):
-        return math_prompt(example["problem"], style, is_math=True)
-
-    def reward(self, completion: str, example, style: str = "agrpo") -> RewardBreakdown:
-        check_style(style, REWARD_STYLES, "reward")
-        if style == "agrpo":
-            return math_rewards.agrpo_reward(completion, example["answer"])
+    def d1_reward(self, completion: str, example: Example) -> RewardBreakdown:
         return math_rewards.d1_math_reward(completion, example["solution"])
-
-    def score(self, completion: str, example, strict: bool = False) -> Score:
-        if too_long(completion):
-            return Score("", 0.0)
-        answer = parse_ans(completion)
-        return Score(answer, float(math_equal(example["answer"], answer)))

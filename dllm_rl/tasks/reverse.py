@@ -45,6 +45,7 @@ def _answer_digits(completion: str) -> str:
 class Reverse(Task):
     name = "reverse"
     splits = ("train", "test")
+    reward_bounds_by_style = {"agrpo": (0.0, 3.25), "d1": (0.0, 3.25)}  # both styles: 0.25 format + 3.0 × accuracy
 
     def load(self, split: str) -> list[dict]:
         self._check_split(split)

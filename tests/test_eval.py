@@ -5,8 +5,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("dllm_rl.sampling", reason="dllm_rl.sampling.generate is not available yet")
-
 
 def test_eval_writes_per_example_jsonl_and_summaries(tmp_path, tiny_dir, tiny_tokenizer_dir):
     out = tmp_path / "eval"

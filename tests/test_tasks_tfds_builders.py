@@ -1,11 +1,8 @@
 """TFDS path: builders write the shipped splits as ArrayRecord offline, and `tfds.data_source` reads them back."""
 import pytest
+import tensorflow_datasets as tfds
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("array_record")
-
-from dllm_rl.tasks import get_task  # noqa: E402
-from dllm_rl.tasks import tfds_builders  # noqa: E402
+from dllm_rl.tasks import get_task, tfds_builders
 
 
 def test_gsm8k_builds_offline_with_the_official_schema(tmp_path):
