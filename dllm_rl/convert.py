@@ -11,23 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 
+from dllm_rl.atomic import atomic_directory
 from dllm_rl.checkpoint.hf import CheckpointError, iter_params, resolve_dtype
-from dllm_rl.checkpoint.orbax import write_model_dir
+from dllm_rl.checkpoint.orbax import copy_side_files, write_model_dir
 from dllm_rl.models.llada import ConfigError, LLaDAConfig
-
-SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def copy_side_files(src_dir: str, dst_dir: str) -> None:
-    """Copies the generation-config and tokenizer files that exist in `src_dir` next to a converted model."""
-    for name in SIDE_FILES:
-        src = os.path.join(src_dir, name)
-        if os.path.exists(src):
-            shutil.copy2(src, os.path.join(dst_dir, name))
 
 
 def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool = False,
@@ -39,19 +28,10 @@ def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool 
     config = LLaDAConfig.from_hf_config(hf_dir)
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         raw_config = json.load(f)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with atomic_directory(out_dir) as tmp_dir:
         write_model_dir(tmp_dir, raw_config,
                         ((".".join(path), arr) for path, arr in iter_params(hf_dir, config, dtype, progress=progress)))
         copy_side_files(hf_dir, tmp_dir)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return config
 
 

@@ -2,7 +2,7 @@
 
 The chat template is rendered with jinja2 the way `transformers` does it (sandboxed environment,
 `trim_blocks`/`lstrip_blocks`, `raise_exception` available), so prompts are byte-identical to the reference
-(spec/LLADA.md §4). Batches are left-padded with the pad token, as `generate.py` expects.
+(docs/reference_quirks.md). Batches are left-padded with the pad token, as `generate.py` expects.
 """
 from __future__ import annotations
 
@@ -108,10 +108,12 @@ class Tokenizer:
         """Token ids of `text`; special tokens written in the text are recognised, none are added."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def batch_encode(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def batch_encode(self, texts: Sequence[str], max_length: int | None = None,
+                     keep_last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded ids and attention mask, both int32 [B, P]; P = longest (or `max_length`, an error if
-        any text is longer)."""
-        ids = [self.encode(t) for t in texts]
+        any text is longer). `keep_last` keeps only each text's last tokens (small test models with short
+        contexts; never for reported numbers)."""
+        ids = [self.encode(t)[-keep_last:] if keep_last else self.encode(t) for t in texts]
         longest = max((len(x) for x in ids), default=0)
         width = longest if max_length is None else max_length
         if longest > width:

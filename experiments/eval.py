@@ -4,8 +4,9 @@
 
 Protocol (AGRPO `eval.yaml` / d1 `eval.py`): greedy decoding (temperature 0), low-confidence remasking,
 block length 32, steps = length × 0.5 (e.g. 128 steps for 256 tokens), one sample per problem, prompts
-left-padded with an attention mask. Every knob is a flag. Completions are decoded with special tokens
-kept (as AGRPO's eval does) and graded with `task.score`:
+left-padded with an attention mask. Every knob is a flag. Generation, decoding and grading are
+`dllm_rl.rl.evaluate.evaluate`, the function the trainer's periodic eval uses too. Completions are decoded with
+special tokens kept (as AGRPO's eval does) and graded with `task.score`:
 
 - default metrics reproduce AGRPO's eval, quirks included: GSM8K keeps only the first integer of the
   extracted answer ("1,200" → 1); Countdown grades the last "lhs = rhs" line anywhere in the answer;
@@ -24,9 +25,7 @@ import json
 import pathlib
 import time
 
-import numpy as np
-
-from dllm_rl.tasks import get_task, list_tasks, render_prompts, warm_up_math_verify
+from dllm_rl.tasks import get_task, list_tasks, warm_up_math_verify
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hf_dir", default=None, help="HF LLaDA folder (config.json + safetensors)")
     p.add_argument("--ckpt_dir", default=None, help="Orbax checkpoint written by dllm_rl.convert")
     p.add_argument("--tokenizer_dir", default=None, help="tokenizer.json folder (default: the model folder)")
-    p.add_argument("--dtype", default="bfloat16", help="parameter dtype for --hf_dir (float32, bfloat16)")
+    p.add_argument("--dtype", default="bfloat16",
+                   help="parameter dtype for --hf_dir (float32, bfloat16); --ckpt_dir loads as saved")
     p.add_argument("--out_dir", required=True)
     args = p.parse_args(argv)
     if (args.hf_dir is None) == (args.ckpt_dir is None):
@@ -53,11 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args):
-    if args.hf_dir:
-        from dllm_rl.checkpoint import load_hf
-        return load_hf(args.hf_dir, dtype=args.dtype)
-    from dllm_rl.checkpoint import load_orbax
-    return load_orbax(args.ckpt_dir)
+    """(config, params): --hf_dir in --dtype, or --ckpt_dir in the dtype it was saved in."""
+    from dllm_rl.checkpoint import load_model as load
+    return load(hf_dir=args.hf_dir, ckpt_dir=args.ckpt_dir, dtype=args.dtype if args.hf_dir else None)
 
 
 def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
@@ -70,60 +68,31 @@ def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
     return steps
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_tokens: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded ids and attention mask [N, P] of all prompts (P = the longest, so every batch has one
-    shape and one program is compiled); `max_tokens` keeps only each prompt's last tokens."""
-    ids = [tokenizer.encode(p)[-max_tokens:] if max_tokens else tokenizer.encode(p) for p in prompts]
-    width = max(len(x) for x in ids)
-    ids_NxP = np.full((len(ids), width), tokenizer.pad_token_id, np.int32)
-    mask_NxP = np.zeros((len(ids), width), np.int32)
-    for row, x in enumerate(ids):
-        ids_NxP[row, width - len(x):] = x
-        mask_NxP[row, width - len(x):] = 1
-    return ids_NxP, mask_NxP
-
-
-def generate_completions(config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.ndarray, *, length: int,
-                         steps: int, block_length: int, batch_size: int) -> list[str]:
-    """Greedy completions in batches of `batch_size` (the last one padded by repeating its final row)."""
-    import jax.numpy as jnp
-
-    from dllm_rl.sampling import generate
-
-    completions = []
-    for start in range(0, len(ids_NxP), batch_size):
-        rows = np.arange(start, start + batch_size).clip(max=len(ids_NxP) - 1)
-        rollout = generate(config, params, jnp.asarray(ids_NxP[rows]), steps=steps, gen_length=length,
-                           block_length=block_length, temperature=0.0, remasking="low_confidence",
-                           attention_mask=jnp.asarray(mask_NxP[rows]))
-        tokens_BxG = np.asarray(rollout.tokens)[:len(ids_NxP) - start, ids_NxP.shape[1]:]
-        completions += tokenizer.batch_decode(tokens_BxG, skip_special_tokens=False)
-    return completions
-
-
 def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: pathlib.Path) -> dict:
+    from dllm_rl.rl.evaluate import evaluate
+    from dllm_rl.sampling import SamplerConfig
+
     task = get_task(task_name)
     split = args.split or task.default_eval_split
     examples = task.load(split)[:args.limit]
-    prompts = render_prompts(tokenizer, task, examples, style=args.prompt_style)
-    ids_NxP, mask_NxP = encode_prompts(tokenizer, prompts, args.max_prompt_tokens)
     results = {}
     for length in [int(x) for x in args.lengths.split(",")]:
         steps = steps_for(length, args.steps_per_token, args.block_length)
+        sampler = SamplerConfig(steps=steps, gen_length=length, block_length=args.block_length, temperature=0.0,
+                                remasking="low_confidence")
         started = time.perf_counter()
-        completions = generate_completions(config, params, tokenizer, ids_NxP, mask_NxP, length=length,
-                                           steps=steps, block_length=args.block_length, batch_size=args.batch_size)
+        graded = evaluate(config, params, tokenizer, task, examples, sampler, batch_size=args.batch_size,
+                          prompt_style=args.prompt_style, keep_last=args.max_prompt_tokens, strict=True)
         seconds = time.perf_counter() - started
         correct = correct_strict = 0.0
         with open(out_dir / f"{task_name}_{split}_len{length}.jsonl", "w", encoding="utf-8") as f:
-            for i, (example, prompt, completion) in enumerate(zip(examples, prompts, completions)):
-                score, strict = task.score(completion, example), task.score(completion, example, strict=True)
-                correct += score.correct
-                correct_strict += strict.correct
-                f.write(json.dumps({"index": i, "prompt": prompt, "completion": completion,
-                                    "reference": task.reference_answer(example), "extracted": score.extracted,
-                                    "correct": score.correct, "extracted_strict": strict.extracted,
-                                    "correct_strict": strict.correct}, ensure_ascii=False) + "\n")
+            for i, (example, g) in enumerate(zip(examples, graded)):
+                correct += g.score.correct
+                correct_strict += g.strict.correct
+                f.write(json.dumps({"index": i, "prompt": g.prompt, "completion": g.completion,
+                                    "reference": task.reference_answer(example), "extracted": g.score.extracted,
+                                    "correct": g.score.correct, "extracted_strict": g.strict.extracted,
+                                    "correct_strict": g.strict.correct}, ensure_ascii=False) + "\n")
         results[str(length)] = {"split": split, "n": len(examples), "steps": steps, "block_length": args.block_length,
                                 "accuracy": 100 * correct / len(examples),
                                 "accuracy_strict": 100 * correct_strict / len(examples),

@@ -1,6 +1,6 @@
 """Train with gin: `python -m experiments.run --gin experiments/configs/demo.gin --workdir /tmp/demo`.
 
-gin lives only here (DESIGN.md §4): the configs bind the library's frozen dataclasses, `experiment()` builds one
+gin lives only here (docs/architecture.md): the configs bind the library's frozen dataclasses, `experiment()` builds one
 `ExperimentConfig`, gin is finalized, and the operative config is saved to `WORKDIR/operative_config.gin`.
 Re-running with the same workdir resumes from its latest checkpoint.
 """
@@ -17,7 +17,8 @@ from dllm_rl.models.lora import LoRAConfig
 from dllm_rl.parallel.mesh import MeshConfig
 from dllm_rl.rl.agrpo import AGRPOConfig
 from dllm_rl.rl.diffu_grpo import DiffuGRPOConfig
-from dllm_rl.rl.trainer import ExperimentConfig, ModelSource, TrainConfig, TrainError, Trainer
+from dllm_rl.rl.config import ExperimentConfig, ModelSource, TrainConfig, TrainError
+from dllm_rl.rl.train import Trainer
 from dllm_rl.sampling import SamplerConfig
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")

@@ -6,7 +6,7 @@ import textwrap
 
 import jax
 import pytest
-from jax.sharding import PartitionSpec as P
+from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from dllm_rl.parallel import mesh as pm
 
@@ -32,9 +32,46 @@ def test_logical_rules():
     assert pm.logical_to_spec(("embed", "embed")) == P("fsdp", None)  # a mesh axis is used once
     with pytest.raises(KeyError, match="no sharding rule"):
         pm.logical_to_spec(("nonsense",))
-    shardings = pm.param_shardings(mesh)
-    assert jax.tree.structure(shardings) == jax.tree.structure(
-        __import__("dllm_rl.models.llada", fromlist=["x"]).param_logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
+
+
+# An abstract 2×2×2 mesh: the layout is computed without 8 devices.
+MESH_2x2x2 = AbstractMesh((2, 2, 2), pm.MESH_AXES)
+
+
+def test_param_shardings_follow_the_default_rules():
+    specs = jax.tree.map(lambda s: s.spec, pm.param_shardings(MESH_2x2x2))
+    column, row = P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp")  # Megatron: split heads/MLP, then gather
+    assert specs == {
+        "embed": P("tensor", "fsdp"),
+        "layers": {"attn_norm": P(None, None), "q_proj": column, "k_proj": column, "v_proj": column,
+                   "attn_out": row, "ff_norm": P(None, None), "ff_proj": column, "up_proj": column, "ff_out": row},
+        "ln_f": P(None),
+        "lm_head": P("fsdp", "tensor"),
+    }
+    assert pm.batch_sharding(MESH_2x2x2, 3).spec == P(("data", "fsdp"), None, None)
+
+
+def test_a_rules_table_changes_the_layout():
+    """Pure tensor parallelism over 'fsdp' and batches over 'data' only: every spec follows the new table."""
+    rules = dict(pm.DEFAULT_RULES, batch="data", embed=None, heads="fsdp", kv_heads="fsdp", mlp="fsdp", vocab=None)
+    rules = tuple(rules.items())
+    default, custom = pm.param_shardings(MESH_2x2x2), pm.param_shardings(MESH_2x2x2, rules=rules)
+    assert custom["layers"]["q_proj"].spec == P(None, None, "fsdp")
+    assert custom["layers"]["ff_out"].spec == P(None, "fsdp", None)
+    assert custom["embed"].spec == P(None, None)
+    assert all(c.spec != d.spec for c, d in zip(jax.tree.leaves(custom["layers"]), jax.tree.leaves(default["layers"]))
+               if d.spec != P(None, None))
+    assert pm.batch_sharding(MESH_2x2x2, 2, rules).spec == P("data", None)
+
+
+def test_check_divisible_names_the_array():
+    sharding = pm.batch_sharding(MESH_2x2x2, 2)
+    pm.check_divisible((8, 3), sharding, "rollout batch")
+    with pytest.raises(ValueError, match="rollout batch .*dimension 6 is not divisible by mesh axes"):
+        pm.check_divisible((6, 3), sharding, "rollout batch")
+    shapes = {"w": (4, 6)}
+    with pytest.raises(ValueError, match=r"parameter \['w'\] dimension 6"):
+        pm.check_divisible(shapes, {"w": NamedSharding(MESH_2x2x2, P(None, ("data", "fsdp")))})
 
 
 SHARDED = textwrap.dedent("""

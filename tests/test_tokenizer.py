@@ -54,6 +54,12 @@ def test_batch_encode_left_pads(tiny):
         tiny.batch_encode(["abcdef"], max_length=3)
 
 
+def test_batch_encode_keep_last_truncates_from_the_left(tiny):
+    ids, mask = tiny.batch_encode(["abcdef", "xy"], keep_last=3)
+    np.testing.assert_array_equal(ids, [tiny.encode("def"), [150] + tiny.encode("xy")])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 1, 1]])
+
+
 def test_committed_tiny_tokenizer_is_what_the_builder_writes(tiny_tokenizer_dir, tmp_path):
     build_char_tokenizer(tmp_path, vocab_size=160, eos_token_id=150, mask_token_id=156)
     for f in ("tokenizer.json", "tokenizer_config.json"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Iterable
 
 import jax
@@ -18,6 +19,7 @@ from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
 from dllm_rl.models.llada import LLaDAConfig, param_shapes
 
 PARAMS_DIR = "params"
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def leaf_names(tree: Any) -> list[str]:
@@ -95,9 +97,17 @@ def write_model_dir(out_dir: str | os.PathLike, config_json: dict, leaves: Itera
     save_params_streaming(os.path.join(out_dir, PARAMS_DIR), leaves)
 
 
+def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
+    """Copies the generation-config and tokenizer files that exist in `src_dir` into a model folder."""
+    for name in SIDE_FILES:
+        src = os.path.join(src_dir, name)
+        if os.path.exists(src):
+            shutil.copy2(src, os.path.join(dst_dir, name))
+
+
 def save_orbax(out_dir: str | os.PathLike, config: LLaDAConfig | dict, params: Any) -> None:
-    """Writes a model folder loadable by `load_orbax` from in-memory params. Not atomic by itself (the
-    converter writes into a temporary directory and renames it)."""
+    """Writes a model folder loadable by `load_orbax` from in-memory params. Not atomic by itself (callers write
+    into `dllm_rl.atomic.atomic_directory`)."""
     config_json = config if isinstance(config, dict) else config.to_hf_dict()
     write_model_dir(out_dir, config_json, zip(leaf_names(params), (np.asarray(x) for x in jax.tree.leaves(params))))
 

@@ -1,9 +1,10 @@
 """Device mesh from a spec, logical-axis rules → `NamedSharding`s for params and batches.
 
 Each parameter carries logical axis names (`models.llada.param_logical_axes`); one rules table maps them to
-mesh axes (`data`, `fsdp`, `tensor`), so changing the parallelism strategy is a config change (MaxText's
-`logical_axis_rules`, big_vision's `sharding.py`). Meshes use Auto axis types project-wide, so
-`with_sharding_constraint` works inside jitted code (DESIGN.md §5).
+mesh axes (`data`, `fsdp`, `tensor`), as MaxText's `logical_axis_rules` and big_vision's `sharding.py` do. The
+table is `MeshConfig.rules`: the trainer lays out params, LoRA adapters, optimizer state and batches with it, so
+changing the parallelism strategy is a config change (`dllm_rl.MeshConfig.rules` in gin). Meshes use Auto axis
+types project-wide, so `with_sharding_constraint` works inside jitted code.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Axis sizes; -1 on one axis takes all remaining devices (e.g. {"data": -1, "fsdp": 1, "tensor": 1})."""
+    """Axis sizes (-1 on one axis takes all remaining devices, e.g. {"data": -1, "fsdp": 1, "tensor": 1}) and the
+    logical-axis rules table: pairs (logical axis, mesh axis or tuple of mesh axes or None = replicated)."""
 
     shape: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
@@ -121,14 +123,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_divisible(shapes: Any, shardings: Any) -> None:
-    """Raises a clear error when a sharded dimension is not divisible by its mesh axes."""
+def check_divisible(shapes: Any, shardings: Any, what: str = "parameter") -> None:
+    """Raises a clear error, before anything is placed or compiled, when a sharded dimension is not divisible by
+    its mesh axes. `shapes`: a shape tuple or a tree of them; `shardings`: the matching NamedSharding(s)."""
     def check(path, shape, sharding):
         for dim, axes in zip(shape, sharding.spec):
             if axes is None:
                 continue
             size = math.prod(sharding.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
             if dim % size:
-                raise ValueError(f"parameter {jax.tree_util.keystr(path)} dimension {dim} is not divisible by "
-                                 f"mesh axes {axes} (size {size}); change the mesh spec or the rules")
+                raise ValueError(f"{what} {jax.tree_util.keystr(path)} dimension {dim} is not divisible by "
+                                 f"mesh axes {axes} (size {size}); change MeshConfig.shape or MeshConfig.rules")
     jax.tree_util.tree_map_with_path(check, shapes, shardings, is_leaf=lambda s: isinstance(s, tuple))

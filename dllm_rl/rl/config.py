@@ -1,0 +1,177 @@
+"""The run's configuration: model source, training knobs and the whole experiment, with their validation.
+
+Frozen dataclasses, bound by gin only in `experiments/run.py` (as `dllm_rl.TrainConfig`, `dllm_rl.ModelSource`, ...).
+`ExperimentConfig.validate` runs every cross-field check before any model is loaded or compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from dllm_rl.checkpoint import load_model
+from dllm_rl.models import llada, lora as lora_lib
+from dllm_rl.parallel import mesh as mesh_lib
+from dllm_rl.rl import agrpo, diffu_grpo
+from dllm_rl.sampling import SamplerConfig
+from dllm_rl.tasks import get_task
+
+ALGORITHMS = ("agrpo", "diffu_grpo")
+
+
+class TrainError(ValueError):
+    """A training setup that cannot run; raised before anything is compiled."""
+
+
+def resolve_path(path: str) -> str:
+    """A path as given, or, when it does not exist relative to the working directory, relative to the folder
+    holding the `dllm_rl` package (so configs naming `dllm_rl/assets/...` work from any directory)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidate = os.path.join(package_parent, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where the initial policy comes from: exactly one of an Orbax folder (`dllm_rl.convert`), an HF folder,
+    or a config.json to initialise randomly (tests and the demo). The tokenizer folder defaults to the model's
+    (the config's folder for `init_config`)."""
+
+    ckpt_dir: str | None = None
+    hf_dir: str | None = None
+    init_config: str | None = None
+    tokenizer_dir: str | None = None
+    dtype: str = "bfloat16"
+
+    def _given(self) -> list[str]:
+        return [n for n in ("ckpt_dir", "hf_dir", "init_config") if getattr(self, n)]
+
+    def validate(self) -> None:
+        given = self._given()
+        if len(given) != 1:
+            raise TrainError(f"ModelSource needs exactly one of ckpt_dir, hf_dir, init_config; got {given or 'none'}")
+        path = self.path(given[0])
+        if not os.path.exists(path):
+            raise TrainError(f"ModelSource.{given[0]}={getattr(self, given[0])!r} does not exist; convert the model "
+                             "first (python -m dllm_rl.convert) or fix the path")
+        if not os.path.exists(os.path.join(self.tokenizer_path, "tokenizer.json")):
+            raise TrainError(f"no tokenizer.json in {self.tokenizer_path!r}; set ModelSource.tokenizer_dir")
+
+    def path(self, field: str) -> str | None:
+        value = getattr(self, field)
+        return resolve_path(value) if value else None
+
+    def load(self, shardings_fn=None) -> tuple[llada.LLaDAConfig, Any]:
+        """(config, params) of the source, placed on `shardings_fn(config)` when given."""
+        field = self._given()[0]
+        return load_model(**{field: self.path(field)}, dtype=self.dtype, shardings_fn=shardings_fn)
+
+    @property
+    def tokenizer_path(self) -> str:
+        if self.tokenizer_dir:
+            return self.path("tokenizer_dir")
+        if self.init_config:
+            return os.path.dirname(self.path("init_config"))
+        return self.path(self._given()[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The run: task, batching, optimizer, evaluation, checkpointing, optional SFT warm start.
+
+    Defaults follow the released GSM8K train.yaml (lr 5e-6 cosine, warmup 1 %, AdamW β=(0.9, 0.99), weight
+    decay 0.01, clip 1.0, 2 micro-batches of one prompt group each per step, seed 333).
+    """
+
+    task: str = "gsm8k"
+    train_split: str = "train"
+    eval_split: str | None = None
+    prompt_style: str = "agrpo"
+    reward_style: str = "agrpo"
+    algorithm: str = "agrpo"
+    seed: int = 333
+    num_steps: int = 100
+    prompts_per_micro_batch: int = 1
+    grad_accum: int = 2
+    max_prompt_length: int = 384
+    learning_rate: float = 5e-6
+    lr_schedule: str = "cosine"
+    warmup_ratio: float = 0.01
+    weight_decay: float = 0.01
+    adam_b1: float = 0.9
+    adam_b2: float = 0.99
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    eval_examples: int = 64
+    eval_batch_size: int = 8
+    checkpoint_every: int = 15
+    keep_checkpoints: int = 2
+    export_final_model: bool = True
+    sft_steps: int = 0
+    sft_batch_size: int = 32
+    sft_learning_rate: float = 1e-3
+    scale_rewards_by_std: bool = False
+
+    def validate(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise TrainError(f"TrainConfig.algorithm={self.algorithm!r}; choose one of {ALGORITHMS}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise TrainError(f"TrainConfig.lr_schedule={self.lr_schedule!r}; choose 'cosine' or 'constant'")
+        for name in ("num_steps", "prompts_per_micro_batch", "grad_accum", "max_prompt_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"TrainConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_examples", "checkpoint_every", "sft_steps"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"TrainConfig.{name} must be ≥ 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs; built once from gin by `experiments/run.py`."""
+
+    train: TrainConfig
+    model: ModelSource
+    rollout: SamplerConfig
+    eval_sampler: SamplerConfig | None = None
+    agrpo: agrpo.AGRPOConfig | None = None
+    diffu_grpo: diffu_grpo.DiffuGRPOConfig | None = None
+    lora: lora_lib.LoRAConfig | None = None
+    mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
+
+    @property
+    def algorithm_config(self) -> agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | None:
+        """The loss config of `train.algorithm` (the other one, if also bound, is unused)."""
+        return self.agrpo if self.train.algorithm == "agrpo" else self.diffu_grpo
+
+    @property
+    def num_generations(self) -> int:
+        return self.algorithm_config.num_generations
+
+    def validate(self) -> None:
+        """All cross-field checks, before any model is loaded or compiled."""
+        self.train.validate()
+        self.model.validate()
+        try:
+            get_task(self.train.task)
+        except KeyError as e:
+            raise TrainError(str(e.args[0])) from None
+        if self.algorithm_config is None:
+            raise TrainError(f"TrainConfig.algorithm={self.train.algorithm!r} needs its config "
+                             f"({'AGRPOConfig' if self.train.algorithm == 'agrpo' else 'DiffuGRPOConfig'})")
+        if not self.rollout.record:
+            raise TrainError("the rollout sampler must record (SamplerConfig.record=True) for RL")
+        self.rollout.validate()
+        if self.rollout.temperature <= 0:
+            raise TrainError("rollouts need temperature > 0: greedy completions give every group zero variance")
+        if self.agrpo is not None and self.train.algorithm == "agrpo":
+            a, r = self.agrpo, self.rollout
+            if (a.gen_length, a.sampling_steps) != (r.gen_length, r.steps):
+                raise TrainError(f"AGRPOConfig gen_length/sampling_steps ({a.gen_length}, {a.sampling_steps}) must "
+                                 f"equal the rollout's gen_length/steps ({r.gen_length}, {r.steps})")
+            if a.temperature != r.temperature:
+                raise TrainError(f"AGRPOConfig.temperature {a.temperature} must equal the rollout temperature "
+                                 f"{r.temperature} (the loss re-scores the sampling distribution)")
+        if self.eval_sampler is not None:
+            self.eval_sampler.validate()

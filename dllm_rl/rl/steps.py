@@ -1,0 +1,66 @@
+"""The jitted step functions of the trainer: per-micro-batch gradients (AGRPO, diffu-GRPO), the optimizer update,
+the SFT update, and the sampler's view of the policy params.
+
+Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
+compiles once. The update functions donate the trainable params and optimizer state.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import optax
+
+from dllm_rl.models import lora as lora_lib
+from dllm_rl.rl import agrpo, diffu_grpo, sft
+from dllm_rl.sampling import expand
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
+def agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, config, lora_config):
+    """(loss, grads, metrics) of one AGRPO micro-batch; K timesteps per sequence are drawn from `rng`."""
+    u_BxK = agrpo.draw_uniforms(rng, batch.completion_ids.shape[0], config.mc_samples, config.low_discrepancy)
+    steps_BxK, weights_BxK = agrpo.timesteps(u_BxK, batch, config, model_config.eos_token_id)
+    return agrpo.agrpo_grad(trainable, frozen, ref_params, batch, steps_BxK, weights_BxK,
+                            model_config=model_config, config=config, lora_config=lora_config, keep_fn=expand)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
+def diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_config):
+    """Per-token completion log-probs of diffu-GRPO's one-step estimate (old or reference policy)."""
+    params = lora_lib.policy_params(trainable, frozen, lora_config)
+    return diffu_grpo.completion_logps(model_config, params, batch, rng, config)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
+def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, *, model_config, config, lora_config):
+    """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration."""
+    return diffu_grpo.diffu_grpo_grad(trainable, frozen, batch, rng, old_logp, ref_logp,
+                                      model_config=model_config, config=config, lora_config=lora_config)
+
+
+@functools.partial(jax.jit, static_argnames=("tx",), donate_argnums=(0, 1))
+def apply_update(trainable, opt_state, grads, *, tx):
+    """One optimizer update; returns (trainable, opt_state, global gradient norm)."""
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, optax.tree.norm(grads)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "tx"), donate_argnums=(0, 1))
+def sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, model_config, tx):
+    """One masked-diffusion SFT update of all params; returns (params, opt_state, loss)."""
+    loss, grads = jax.value_and_grad(sft.sft_loss, argnums=1)(model_config, params, prompt_ids, answer_ids, rng,
+                                                              prompt_mask)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+_merge_lora = jax.jit(lora_lib.merge_lora, static_argnames=("config",))
+
+
+def sampling_params(trainable, frozen, lora_config):
+    """Plain params for the sampler: LoRA merged into the base once per rollout (no per-step adapter matmuls);
+    for full fine-tuning the trainable params themselves (no copy)."""
+    if lora_config is None:
+        return trainable
+    return _merge_lora(frozen, trainable, lora_config)

@@ -1,0 +1,368 @@
+"""RL training loop: rollout → reward → advantage → K-timestep loss → update, with exact resume.
+
+The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
+produces the AGRPO rollout, `tasks` score it, `rl.advantages` centres rewards per group, `rl.steps` gives
+gradients (AGRPO or diffu-GRPO) and updates the trainable leaves (LoRA adapters or all params). Everything random
+derives from `TrainConfig.seed` folded with the step number, and the data iterator's state is checkpointed with
+the params and optimizer state (`rl.train_state`), so a run killed at any point and restarted from its workdir
+continues exactly as an uninterrupted run would (same rollouts, same metrics).
+
+Batching follows the AGRPO paper: each optimizer step takes `prompts_per_micro_batch × grad_accum` prompts;
+every prompt gets G = num_generations completions in consecutive rows; each micro-batch's gradient is divided by
+grad_accum (the HF Trainer's gradient accumulation). Params, LoRA adapters, optimizer state and batches are laid
+out on the mesh by `MeshConfig.rules`. (Over 300 lines: warm start, rollout, micro-batching and the loop all
+read the one run's state held by `Trainer`; the pure pieces live in `rl.steps`, `rl.evaluate`, `rl.train_state`.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from dllm_rl import metrics as metrics_lib
+from dllm_rl.atomic import atomic_directory
+from dllm_rl.checkpoint import copy_side_files, save_orbax
+from dllm_rl.models import llada, lora as lora_lib
+from dllm_rl.parallel import mesh as mesh_lib
+from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, steps, train_state
+from dllm_rl.rl.config import ExperimentConfig, TrainError
+from dllm_rl.rl.optimizer import make_optimizer, make_sft_optimizer
+from dllm_rl.sampling import generate
+from dllm_rl.tasks import get_task, make_dataset, render_prompts
+from dllm_rl.tokenizer import Tokenizer
+
+FINAL_MODEL_DIR = "final_model"  # the trained policy as a model folder, for experiments.eval --ckpt_dir
+# Timing metrics differ between otherwise identical runs; everything else in a metrics row is reproducible.
+TIMING_KEYS = ("rollout_seconds", "loss_seconds", "step_seconds", "tokens_per_second", "eval_seconds")
+
+
+class Trainer:
+    """Holds the loaded model, tokenizer, task, optimizer and mesh for one run in `workdir`."""
+
+    def __init__(self, cfg: ExperimentConfig, workdir: str | os.PathLike):
+        cfg.validate()
+        self.cfg = cfg
+        self.train_cfg = cfg.train
+        self.workdir = os.fspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.task = get_task(cfg.train.task)
+        self.tokenizer = Tokenizer.from_dir(cfg.model.tokenizer_path)
+        self.mesh = mesh_lib.make_mesh(cfg.mesh)
+        self.rules = cfg.mesh.rules
+        self.group = cfg.num_generations
+        self._check_batches()
+        self.model_config, params = cfg.model.load(self.param_shardings)
+        self._check_tokenizer()
+        adv_lib.check_group_size(cfg.train.prompts_per_micro_batch * self.group, self.group)
+        key = jax.random.PRNGKey(cfg.train.seed)
+        self._rl_key, self._sft_key, self._lora_key, self._eval_key = jax.random.split(key, 4)
+        self.base_params = params
+        self.tx, self.schedule = make_optimizer(cfg.train)
+        self.stop_requested = False
+
+    # ---- layout on the mesh (MeshConfig.rules) ---------------------------------------------------------------
+
+    def param_shardings(self, model_config: llada.LLaDAConfig):
+        """Shardings of the model params, checked against their shapes."""
+        shardings = mesh_lib.param_shardings(self.mesh, rules=self.rules)
+        _as_train_error(mesh_lib.check_divisible, llada.param_shapes(model_config), shardings)
+        return shardings
+
+    def place_lora(self, adapters):
+        """LoRA adapters on their shardings (the optimizer state, created from them, follows)."""
+        axes = lora_lib.lora_logical_axes(self.cfg.lora, llada.param_logical_axes())
+        shardings = mesh_lib.tree_shardings(self.mesh, axes, self.rules)
+        _as_train_error(mesh_lib.check_divisible, jax.tree.map(lambda x: x.shape, adapters), shardings, "LoRA adapter")
+        return jax.device_put(adapters, shardings)
+
+    def place_batch(self, x):
+        """A [B, ...] host array split over the batch axes of the rules."""
+        return jax.device_put(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x), self.rules))
+
+    def _check_batches(self) -> None:
+        tc = self.train_cfg
+        sizes = {"rollout batch": tc.prompts_per_micro_batch * self.group, "eval batch": tc.eval_batch_size}
+        if tc.sft_steps:
+            sizes["SFT batch"] = tc.sft_batch_size
+        for what, rows in sizes.items():
+            _as_train_error(mesh_lib.check_divisible, (rows,), mesh_lib.batch_sharding(self.mesh, 1, self.rules), what)
+
+    def _check_tokenizer(self) -> None:
+        tok, cfg = self.tokenizer, self.model_config
+        if tok.mask_token_id is not None and tok.mask_token_id != cfg.mask_token_id:
+            raise TrainError(f"tokenizer mask id {tok.mask_token_id} != model config mask_token_id "
+                             f"{cfg.mask_token_id}; tokenizer and model belong to different checkpoints")
+        if tok.eos_token_id != cfg.eos_token_id:
+            raise TrainError(f"tokenizer EOS id {tok.eos_token_id} != model config eos_token_id {cfg.eos_token_id}")
+        if tok.vocab_size > cfg.embedding_size:
+            raise TrainError(f"tokenizer has {tok.vocab_size} tokens, the model only {cfg.embedding_size}")
+
+    def _encode(self, examples: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+        texts = render_prompts(self.tokenizer, self.task, examples, style=self.train_cfg.prompt_style)
+        return self.tokenizer.batch_encode(texts, max_length=self.train_cfg.max_prompt_length)
+
+    def _dataset(self, seed: int) -> Iterator[dict]:
+        return iter(make_dataset(self.task, self.train_cfg.train_split, seed=seed, shard_index=jax.process_index(),
+                                 shard_count=jax.process_count()))
+
+    # ---- warm start and evaluation ---------------------------------------------------------------------------
+
+    def warm_start(self, params, progress: bool = True):
+        """Masked-diffusion SFT on the training split's reference answers (EOS-padded to the rollout length)."""
+        tc, length = self.train_cfg, self.cfg.rollout.gen_length
+        tx = make_sft_optimizer(tc)
+        opt_state = tx.init(params)
+        data = self._dataset(tc.seed + 1)
+        eos = self.tokenizer.eos_token_id
+        for i in tqdm(range(tc.sft_steps), desc="SFT warm start", disable=not progress):
+            examples = [next(data) for _ in range(tc.sft_batch_size)]
+            prompt_ids, prompt_mask = self._encode(examples)
+            answers = np.full((len(examples), length), eos, np.int32)
+            for row, ex in enumerate(examples):
+                ids = self.tokenizer.encode(self.task.reference_answer(ex))[:length]
+                answers[row, : len(ids)] = ids
+            params, opt_state, _ = steps.sft_update(params, opt_state, self.place_batch(prompt_ids),
+                                                    self.place_batch(prompt_mask), self.place_batch(answers),
+                                                    jax.random.fold_in(self._sft_key, i),
+                                                    model_config=self.model_config, tx=tx)
+        return params
+
+    def evaluate(self, sampling_params) -> dict[str, float]:
+        """Held-out evaluation (`rl.evaluate`) over `eval_examples`: mean training reward and task accuracy.
+
+        Greedy by default (the papers' protocol); an `eval_sampler` with temperature > 0 samples with the same
+        key at every evaluation, so evaluations differ only through the policy.
+        """
+        tc = self.train_cfg
+        examples = list(self.task.load(tc.eval_split or self.task.default_eval_split)[: tc.eval_examples])
+        start = time.perf_counter()
+        graded = eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, examples,
+                                   self.cfg.eval_sampler or eval_lib.greedy(self.cfg.rollout),
+                                   batch_size=tc.eval_batch_size, prompt_style=tc.prompt_style,
+                                   max_prompt_length=tc.max_prompt_length, reward_style=tc.reward_style,
+                                   rng=self._eval_key, mesh=self.mesh)
+        return {"eval_reward_mean": float(np.mean([g.reward for g in graded])),
+                "eval_accuracy": float(np.mean([g.score.correct for g in graded])),
+                "eval_seconds": time.perf_counter() - start}
+
+    # ---- one RL step -----------------------------------------------------------------------------------------
+
+    def _rollout(self, trainable, frozen, examples, key):
+        """Placed prompt ids and mask (G rows per prompt), the device rollout, advantages and metrics."""
+        ids, mask = self._encode(examples)
+        ids = self.place_batch(np.repeat(ids, self.group, axis=0))
+        mask = self.place_batch(np.repeat(mask, self.group, axis=0))
+        params = steps.sampling_params(trainable, frozen, self.cfg.lora)
+        start = time.perf_counter()
+        rollout = generate(self.model_config, params, ids, attention_mask=mask, rng=key, mesh=self.mesh,
+                           **dataclasses.asdict(self.cfg.rollout))
+        completion = np.asarray(rollout.tokens)[:, ids.shape[1]:]
+        seconds = time.perf_counter() - start
+        texts = self.tokenizer.batch_decode(completion)
+        breakdowns = [self.task.reward(t, ex, style=self.train_cfg.reward_style)
+                      for t, ex in zip(texts, [ex for ex in examples for _ in range(self.group)])]
+        rewards = np.asarray([b.total for b in breakdowns], np.float32)
+        advantages, stats = adv_lib.group_advantages(jnp.asarray(rewards), self.group,
+                                                     self.train_cfg.scale_rewards_by_std)
+        non_eos = completion != self.model_config.eos_token_id
+        info = {k: float(v) for k, v in stats.items()}
+        for name in breakdowns[0].components:
+            info[f"reward/{name}"] = float(np.mean([b.components[name] for b in breakdowns]))
+        info["completion_length"] = float(non_eos.sum(1).mean())
+        if rollout.entropy is not None:
+            ent = np.asarray(rollout.entropy)
+            info["entropy"] = float((ent * non_eos).sum() / max(non_eos.sum(), 1))
+        info["rollout_seconds"] = seconds
+        info["generated_tokens"] = float(completion.size)
+        return ids, mask, rollout, advantages, info
+
+    def _agrpo_micro(self, trainable, frozen, examples, key):
+        roll_key, loss_key = jax.random.split(key)
+        ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key)
+        p = ids.shape[1]
+        record = rollout.truncation
+        batch = agrpo.AGRPOBatch(
+            prompt_ids=ids, prompt_mask=mask, completion_ids=rollout.tokens[:, p:],
+            unmask_step=rollout.unmask_step, old_logp=rollout.logp, entropy=rollout.entropy,
+            advantages=advantages, keep=record if record is not None and record.bits is not None else None)
+        start = time.perf_counter()
+        ref = self.base_params if self.cfg.agrpo.beta else None  # LoRA off / initial policy
+        loss, grads, m = steps.agrpo_grads(trainable, frozen, ref, batch, loss_key, model_config=self.model_config,
+                                           config=self.cfg.agrpo, lora_config=self.cfg.lora)
+        jax.block_until_ready(grads)
+        info["loss_seconds"] = time.perf_counter() - start
+        info["loss"] = float(loss)
+        info.update({k: float(v) for k, v in m.items() if k in ("clip_fraction", "ratio_mean", "kl",
+                                                                 "importance_weight_mean", "dropped_tokens")})
+        return grads, info
+
+    def _diffu_micro_batches(self, trainable, frozen, examples_per_micro, key):
+        """Rollouts of every micro-batch and their old/ref log-probs per inner iteration (d1's μ updates)."""
+        cfg, out = self.cfg.diffu_grpo, []
+        kw = dict(model_config=self.model_config, config=cfg)
+        for i, examples in enumerate(examples_per_micro):
+            roll_key, mask_key = jax.random.split(jax.random.fold_in(key, i))
+            ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key)
+            completion = rollout.tokens[:, ids.shape[1]:]
+            batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion,
+                                              diffu_grpo.completion_mask(completion, self.model_config.eos_token_id),
+                                              advantages)
+            keys = diffu_grpo.iteration_keys(mask_key, cfg.num_iterations)
+            old = None
+            if cfg.num_iterations > 1:
+                old = [steps.diffu_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw) for k in keys]
+            ref = None
+            if cfg.beta:
+                ref = [steps.diffu_logps(self.base_params, None, batch, k, lora_config=None, **kw) for k in keys]
+            out.append((batch, keys, old, ref, info))
+        return out
+
+    def _agrpo_update(self, trainable, frozen, opt_state, micro_examples, key):
+        """One optimizer update from the averaged gradients of every micro-batch."""
+        micro = [self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i))
+                 for i, ex in enumerate(micro_examples)]
+        grads = jax.tree.map(lambda *g: sum(g) / len(micro), *[g for g, _ in micro])
+        trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
+        return trainable, opt_state, [info for _, info in micro], [grad_norm]
+
+    def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key):
+        """μ = num_iterations optimizer updates on the same rollouts, as d1."""
+        prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, key)
+        infos, grad_norms, cfg = [p[-1] for p in prepared], [], self.cfg.diffu_grpo
+        t0 = time.perf_counter()
+        for it in range(cfg.num_iterations):
+            micro_grads = []
+            for batch, keys, old, ref, info in prepared:
+                loss, grads, m = steps.diffu_grads(trainable, frozen, batch, keys[it],
+                                                   None if old is None else old[it], None if ref is None else ref[it],
+                                                   model_config=self.model_config, config=cfg,
+                                                   lora_config=self.cfg.lora)
+                micro_grads.append(grads)
+                info.update(loss=float(loss), **{k: float(v) for k, v in m.items() if k in ("clip_fraction", "kl")})
+            grads = jax.tree.map(lambda *g: sum(g) / len(prepared), *micro_grads)
+            trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
+            grad_norms.append(grad_norm)
+        infos[0]["loss_seconds"] = time.perf_counter() - t0
+        return trainable, opt_state, infos, grad_norms
+
+    def _step(self, step, trainable, frozen, opt_state, data: Iterator):
+        tc = self.train_cfg
+        start = time.perf_counter()
+        key = jax.random.fold_in(self._rl_key, step)
+        micro_examples = [[next(data) for _ in range(tc.prompts_per_micro_batch)] for _ in range(tc.grad_accum)]
+        update = self._agrpo_update if tc.algorithm == "agrpo" else self._diffu_updates
+        trainable, opt_state, infos, grad_norms = update(trainable, frozen, opt_state, micro_examples, key)
+        summed = ("rollout_seconds", "loss_seconds", "generated_tokens")
+        row = {k: float(np.mean([i[k] for i in infos if k in i])) for k in infos[0] if k not in summed}
+        for k in summed:
+            row[k] = float(sum(i.get(k, 0.0) for i in infos))
+        row["tokens_per_second"] = row.pop("generated_tokens") / max(row["rollout_seconds"], 1e-9)
+        row["grad_norm"] = float(np.mean([float(g) for g in grad_norms]))
+        row["learning_rate"] = float(self.schedule(step - 1))  # the rate this step's update used
+        row["step_seconds"] = time.perf_counter() - start
+        return trainable, opt_state, row
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+
+    def init_state(self, base):
+        """(trainable, frozen, opt_state) of a fresh run from the (possibly warm-started) base params."""
+        lora = self.cfg.lora
+        trainable, frozen = lora_lib.split_params(base, lora, self._lora_key)
+        if lora is None and self.cfg.algorithm_config.beta:
+            trainable = jax.tree.map(jnp.copy, trainable)  # updates donate the trainable buffers; keep the ref
+        if lora is not None:
+            trainable = self.place_lora(trainable)
+        return trainable, frozen, self.tx.init(trainable)
+
+    def train(self, progress: bool = True) -> list[dict]:
+        """Runs (or resumes) the training loop; returns the metric rows written by this call."""
+        tc, lora, needs_ref = self.train_cfg, self.cfg.lora, bool(self.cfg.algorithm_config.beta)
+        manager = train_state.checkpoint_manager(os.path.join(self.workdir, train_state.CHECKPOINT_DIR),
+                                                 tc.keep_checkpoints)
+        restored_step = manager.latest_step()
+        base = self.base_params
+        if restored_step is None and tc.sft_steps:
+            base = self.warm_start(base, progress)
+        trainable, frozen, opt_state = self.init_state(base)
+        # The SFT-warm-started base is part of the run's state whenever it is still used (LoRA base or KL ref).
+        keep_base = bool(tc.sft_steps) and (lora is not None or needs_ref)
+        data = self._dataset(tc.seed)
+        if restored_step is not None:
+            trainable, opt_state, data_state, saved_base = train_state.restore(
+                manager, restored_step, trainable, opt_state, base if keep_base else None)
+            data.set_state(data_state)
+            if saved_base is not None:
+                base = saved_base
+                frozen = base if lora is not None else None
+        self.base_params = base if (lora is not None or needs_ref) else None
+        checkpointed_base = self.base_params if keep_base else None
+        rows = []
+        with metrics_lib.MetricsWriter(self.workdir, resume_step=restored_step) as writer, _StopOnSigterm(self):
+            if restored_step is None:
+                train_state.save(manager, 0, trainable, opt_state, data.get_state(), checkpointed_base)
+                if tc.eval_every:
+                    rows.append(writer.write(0, self.evaluate(steps.sampling_params(trainable, frozen, lora))))
+            start_step = restored_step or 0
+            bar = tqdm(range(start_step + 1, tc.num_steps + 1), desc="RL", disable=not progress,
+                       initial=start_step, total=tc.num_steps)
+            for step in bar:
+                trainable, opt_state, info = self._step(step, trainable, frozen, opt_state, data)
+                if tc.eval_every and (step % tc.eval_every == 0 or step == tc.num_steps):
+                    info.update(self.evaluate(steps.sampling_params(trainable, frozen, lora)))
+                rows.append(writer.write(step, info))
+                bar.set_postfix(reward=f"{info['reward_mean']:.3f}")
+                if self.stop_requested or step == tc.num_steps or (tc.checkpoint_every
+                                                                   and step % tc.checkpoint_every == 0):
+                    train_state.save(manager, step, trainable, opt_state, data.get_state(), checkpointed_base)
+                if self.stop_requested:
+                    break
+        manager.close()
+        metrics_lib.plot_metrics(self.workdir)
+        if tc.export_final_model and not self.stop_requested:
+            self.export(steps.sampling_params(trainable, frozen, lora), os.path.join(self.workdir, FINAL_MODEL_DIR))
+        self.trainable, self.frozen = trainable, frozen
+        return rows
+
+    def export(self, params, out_dir: str) -> None:
+        """Writes the policy (LoRA merged) as a model folder that `load_model(ckpt_dir=...)` and
+        `experiments.eval --ckpt_dir` read: config.json, params/ and the tokenizer files, atomically."""
+        with atomic_directory(out_dir) as tmp_dir:
+            save_orbax(tmp_dir, self.model_config, params)
+            copy_side_files(self.cfg.model.tokenizer_path, tmp_dir)
+
+
+def _as_train_error(check, *args) -> None:
+    """Runs a layout check; its ValueError becomes a TrainError (a setup that cannot run, reported by the CLI)."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+
+
+class _StopOnSigterm:
+    """Context manager: SIGTERM sets `trainer.stop_requested`; the loop then saves a checkpoint and returns."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.trainer.stop_requested = True
+
+        try:
+            self.previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: no signal handling
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

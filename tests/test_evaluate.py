@@ -1,0 +1,67 @@
+"""`rl.evaluate`: one batching, padding, decoding and grading protocol for the trainer and `experiments.eval`."""
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from dllm_rl.rl import evaluate as eval_lib
+from dllm_rl.sampling import SamplerConfig
+from dllm_rl.tasks import get_task
+from dllm_rl.tokenizer import Tokenizer
+
+SAMPLER = SamplerConfig(steps=4, gen_length=8, block_length=8)
+
+
+@pytest.fixture
+def fake_generate(monkeypatch, tiny_tokenizer_dir):
+    """`generate` answering "4321" then EOS for every row, recording each call's batch and key."""
+    tokenizer = Tokenizer.from_dir(tiny_tokenizer_dir)
+    answer = tokenizer.encode("4321") + [tokenizer.eos_token_id] * 4
+    calls = []
+
+    def generate(config, params, prompt_ids, *, attention_mask, rng, mesh, **sampler):
+        calls.append(types.SimpleNamespace(ids=np.asarray(prompt_ids), mask=np.asarray(attention_mask), rng=rng,
+                                           sampler=sampler))
+        completion = np.tile(np.asarray(answer, np.int32), (len(prompt_ids), 1))
+        return types.SimpleNamespace(tokens=np.concatenate([np.asarray(prompt_ids), completion], axis=1))
+
+    monkeypatch.setattr(eval_lib, "generate", generate)
+    return tokenizer, calls
+
+
+def test_batches_pad_the_last_one_and_keep_special_tokens(fake_generate):
+    tokenizer, calls = fake_generate
+    task = get_task("reverse")
+    examples = [{"digits": "1234", "answer": "4321", "demonstration": "4321"},
+                {"digits": "5678", "answer": "8765", "demonstration": "8765"},
+                {"digits": "1234", "answer": "4321", "demonstration": "4321"}]
+    key = jax.random.PRNGKey(3)
+    graded = eval_lib.evaluate(None, None, tokenizer, task, examples, SAMPLER, batch_size=2, max_prompt_length=40,
+                               reward_style="agrpo", rng=key)
+    assert [c.ids.shape for c in calls] == [(2, 40), (2, 40)]  # one shape: the last batch repeats its final row
+    np.testing.assert_array_equal(calls[1].ids[0], calls[1].ids[1])
+    assert all(c.mask[:, 0].sum() == 0 and c.mask[:, -1].all() for c in calls)  # left-padded
+    np.testing.assert_array_equal(np.asarray(calls[1].rng), np.asarray(jax.random.fold_in(key, 2)))
+    assert calls[0].sampler == dict(SAMPLER.__dict__)
+    assert [g.completion for g in graded] == ["4321" + "<|endoftext|>" * 4] * 3  # special tokens kept
+    assert [g.score.correct for g in graded] == [1.0, 0.0, 1.0]
+    assert [g.reward for g in graded] == [3.25, 0.25, 3.25]
+    assert graded[0].strict is None and graded[0].prompt.endswith("reverse 1234<|eot_id|>"
+                                                                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_without_a_length_prompts_take_the_longest_and_keep_last_truncates(fake_generate):
+    tokenizer, calls = fake_generate
+    task = get_task("reverse")
+    examples = [{"digits": "1234", "answer": "4321", "demonstration": "4321"}]
+    graded = eval_lib.evaluate(None, None, tokenizer, task, examples, SAMPLER, batch_size=4, keep_last=10,
+                               strict=True)
+    assert calls[0].ids.shape == (4, 10) and calls[0].mask.all() and calls[0].rng is None
+    assert graded[0].strict.correct == 1.0 and graded[0].reward is None
+
+
+def test_greedy_keeps_the_rollout_lengths_and_never_stops_early():
+    rollout = SamplerConfig(steps=8, gen_length=8, block_length=8, temperature=1.0, remasking="random", record=True,
+                            early_stop=True)
+    assert eval_lib.greedy(rollout) == SamplerConfig(steps=8, gen_length=8, block_length=8)
