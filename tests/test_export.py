@@ -19,7 +19,7 @@ from dllm_rl.export.peft import index_module_names, lora_module_names, module_na
 from dllm_rl.export.safetensors_io import parse_size, plan_shards
 from dllm_rl.models.llada import LLaDAConfig
 from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
-from dllm_rl.rl.trainer import _checkpoint_manager, _save
+from dllm_rl.rl.train_state import checkpoint_manager, save
 from tests.helpers.llada_numpy import random_tensors, tiny_config, write_hf_dir
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -239,10 +239,10 @@ def test_merged_export_is_float32_merge_cast_once(bf16_hf_dir, tmp_path):
 
 def write_trainer_checkpoint(workdir, adapters_or_params, base=None, gin_alpha=None):
     """A checkpoint exactly as the trainer writes it (W/checkpoints/<step>/{state,data})."""
-    manager = _checkpoint_manager(os.path.join(workdir, "checkpoints"), 2)
+    manager = checkpoint_manager(os.path.join(workdir, "checkpoints"), 2)
     opt_state = optax.adam(1e-3).init(adapters_or_params)
-    _save(manager, 0, jax.tree.map(np.zeros_like, adapters_or_params), opt_state, {"epoch": 0}, base)
-    _save(manager, 5, adapters_or_params, opt_state, {"epoch": 0}, base)
+    save(manager, 0, jax.tree.map(np.zeros_like, adapters_or_params), opt_state, {"epoch": 0}, base)
+    save(manager, 5, adapters_or_params, opt_state, {"epoch": 0}, base)
     manager.close()
     if gin_alpha is not None:
         with open(os.path.join(workdir, "operative_config.gin"), "w") as f:

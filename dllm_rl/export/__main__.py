@@ -18,8 +18,7 @@ import re
 import sys
 
 from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
-from dllm_rl.export import export_hf, export_peft
-from dllm_rl.export.atomic import check_writable
+from dllm_rl.export import check_writable, export_hf, export_peft
 from dllm_rl.export.peft import ADAPTER_CONFIG, load_peft
 from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE, parse_size
 from dllm_rl.export.sources import TrainerCheckpoint, read_model_dir, trainer_state_dir
