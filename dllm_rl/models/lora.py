@@ -1,7 +1,7 @@
 """LoRA adapters for the LLaDA params tree, without touching the model code.
 
-Targets are the paper's (spec/AGRPO.md §1.3): q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of every
-layer, optionally the LM head. Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the
+Targets are the AGRPO paper's (docs/algorithm.md): q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of
+every layer, optionally the LM head. Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the
 kernels), initialised as PEFT does (A Kaiming-uniform, B zero), so a fresh adapter leaves the model unchanged.
 
 Two ways to run the adapted model:
@@ -101,7 +101,8 @@ def _get(tree, path: tuple[str, ...]):
 
 
 def init_lora(base: Params, config: LoRAConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
-    """Fresh adapters {..: {"a": [.., in, r], "b": [.., r, out]}}: A ~ U(±1/√in) (PEFT's kaiming_uniform(a=√5)), B = 0."""
+    """Fresh adapters {..: {"a": [.., in, r], "b": [.., r, out]}}: A ~ U(±1/√in) (PEFT's kaiming_uniform(a=√5)),
+    B = 0."""
     lora: Params = {}
     targets = _targets(base, config)
     for key, (path, w) in zip(jax.random.split(rng, len(targets)), targets):
