@@ -278,7 +278,6 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-EMITS = (None, "hidden", "kv")  # what `_layers` returns per layer besides the final activations
 
 
 def _embed(params: Params, input_ids_BxT: jax.Array, compute_dtype) -> jax.Array:

@@ -15,6 +15,9 @@ JAX layout: `agrpo_grad` runs the K timesteps in one `lax.scan` whose body is a 
 timestep's activations are alive; logits are computed only at the positions a timestep scores. The number of
 scored positions per (row, step) varies in general, so they are gathered into a static `max_tokens_per_step`
 slots with a validity mask (see `AGRPOConfig.max_tokens_per_step`).
+
+The module is a little over 300 lines: the trajectory bookkeeping, the timestep draws and the loss are the three
+parts of one estimator and are read together.
 """
 from __future__ import annotations
 
@@ -165,7 +168,7 @@ def step_proposal(batch: AGRPOBatch, config: AGRPOConfig, eos_token_id: int) -> 
     if config.proposal == "uniform":
         q_BxM = live_BxM / t_B[:, None].astype(jnp.float32)
     else:
-        onehot_BxLxM = batch.unmask_step[:, :, None] == steps_M
+        onehot_BxLxM = batch.unmask_step[:, :, None] == steps_M[None, None, :]
         ent_BxM = ENTROPY_FLOOR + jnp.einsum("blm,bl->bm", onehot_BxLxM.astype(jnp.float32),
                                              batch.entropy.astype(jnp.float32))
         ent_BxM = jnp.where(live_BxM, ent_BxM, 0.0)
