@@ -5,23 +5,7 @@ import numpy as np
 import pytest
 
 from dllm_rl.rl import objective
-
-
-def np_log_softmax(x):
-    x = np.asarray(x, np.float64)
-    top = np.max(np.where(np.isfinite(x), x, -np.inf), axis=-1, keepdims=True)
-    return x - top - np.log(np.exp(x - top).sum(-1, keepdims=True))
-
-
-def np_clipped_loss(logp, old, ref, adv, eps_low, eps_high, beta, kl_times_ratio):
-    ratio = np.exp(logp - old)
-    a = adv[:, None]
-    loss = -np.minimum(ratio * a, np.clip(ratio, 1 - eps_low, 1 + eps_high) * a)
-    if not beta:
-        return loss, ratio, None
-    d = ref - logp
-    kl = (np.exp(d) - d - 1) * (ratio if kl_times_ratio else 1.0)
-    return loss + beta * kl, ratio, kl
+from tests.helpers import objective_numpy
 
 
 def test_model_inputs_concatenate_and_mask_only_prompt_padding():
@@ -43,7 +27,7 @@ def test_token_log_probs_match_numpy_including_truncated_logits():
     ids = r.integers(0, 7, (2, 3))
     ids[0, 1] = 2
     logits = np.asarray(jnp.asarray(logits, jnp.bfloat16).astype(jnp.float32))  # exact in bfloat16 too
-    want = np.take_along_axis(np_log_softmax(logits), ids[..., None], -1)[..., 0]
+    want = objective_numpy.token_log_probs(logits, ids)
     for dtype in (jnp.float32, jnp.bfloat16):  # bfloat16 logits are promoted to float32 before the softmax
         got = objective.token_log_probs(jnp.asarray(logits, dtype), jnp.asarray(ids))
         assert got.dtype == jnp.float32
@@ -70,7 +54,8 @@ def test_clipped_token_loss_and_gradient_match_numpy(beta, kl_times_ratio):
     ref_arg = as32(ref) if beta else None
     loss, ratio, kl = objective.clipped_token_loss(as32(logp), as32(old), ref_arg, as32(adv), eps_low, eps_high,
                                                    beta, kl_times_ratio)
-    want_loss, want_ratio, want_kl = np_clipped_loss(logp, old, ref, adv, eps_low, eps_high, beta, kl_times_ratio)
+    want_loss, want_ratio, want_kl = objective_numpy.clipped_token_loss(logp, old, ref, adv, eps_low, eps_high, beta,
+                                                                               kl_times_ratio)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(ratio, want_ratio, rtol=1e-6)
     assert (kl is None) == (not beta)
