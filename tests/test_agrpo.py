@@ -93,8 +93,8 @@ def test_golden_gradients(case, golden, batch, policy, tiny):
     proposal, ld = CASES[case]
     assert int(golden["mc_samples"]) == 4 and int(golden["num_generations"]) == 3
     config = make_config(proposal, ld, beta=float(golden[f"{case}/beta"]))
-    u_S = jnp.asarray(golden[f"{case}/u"])
-    u_BxK = agrpo.stratify(u_S, jnp.asarray(golden[f"{case}/perm"]), 3, 4) if ld else u_S.reshape(3, 4)
+    u_BK = jnp.asarray(golden[f"{case}/u"])
+    u_BxK = agrpo.stratify(u_BK, jnp.asarray(golden[f"{case}/perm"]), 3, 4) if ld else u_BK.reshape(3, 4)
     steps, weights = agrpo.timesteps(u_BxK, batch, config, model_config.eos_token_id)
     loss, grads, metrics = jitted_grad(model_config, config)(policy, None, base, batch, steps, weights)
     ours = to_hf_tensors(model_config, grads)

@@ -49,8 +49,8 @@ class DiffuGRPOConfig(ForwardConfig):
 
 
 class DiffuGRPOBatch(NamedTuple):
-    """prompt_ids [B, P], prompt_mask [B, P] or None, completion_ids [B, L], completion_mask [B, L]
-    (`completion_mask()`), advantages [B]."""
+    """prompt_ids [B, P], prompt_mask [B, P] or None, completion_ids [B, L], completion_mask bool [B, L]
+    (`completion_mask()`: the tokens trained on), advantages [B]."""
 
     prompt_ids: jax.Array
     prompt_mask: jax.Array | None
@@ -94,7 +94,8 @@ def completion_logps(model_config: llada.LLaDAConfig, params: Params, batch: Dif
 def grpo_token_loss(logp_BxL: jax.Array, old_logp_BxL: jax.Array, ref_logp_BxL: jax.Array | None,
                     advantages_B: jax.Array, mask_BxL: jax.Array, epsilon: float, beta: float
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask, and metrics.
+    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask (mask: bool [B, L]), and
+    metrics.
 
     `clip_fraction` counts the tokens where the clipped term is the smaller one (d1's definition).
     """
