@@ -14,6 +14,7 @@ from dllm_rl.checkpoint.hf import load_hf, to_hf_tensors
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, init_lora, merge_lora
 from dllm_rl.rl import agrpo
+from tests.helpers import objective_numpy
 
 CASES = {  # golden case → (proposal, low_discrepancy)
     "entropy_ld_beta0": ("entropy", True),
@@ -92,8 +93,8 @@ def test_golden_gradients(case, golden, batch, policy, tiny):
     proposal, ld = CASES[case]
     assert int(golden["mc_samples"]) == 4 and int(golden["num_generations"]) == 3
     config = make_config(proposal, ld, beta=float(golden[f"{case}/beta"]))
-    u_S = jnp.asarray(golden[f"{case}/u"])
-    u_BxK = agrpo.stratify(u_S, jnp.asarray(golden[f"{case}/perm"]), 3, 4) if ld else u_S.reshape(3, 4)
+    u_BK = jnp.asarray(golden[f"{case}/u"])
+    u_BxK = agrpo.stratify(u_BK, jnp.asarray(golden[f"{case}/perm"]), 3, 4) if ld else u_BK.reshape(3, 4)
     steps, weights = agrpo.timesteps(u_BxK, batch, config, model_config.eos_token_id)
     loss, grads, metrics = jitted_grad(model_config, config)(policy, None, base, batch, steps, weights)
     ours = to_hf_tensors(model_config, grads)
@@ -304,21 +305,16 @@ def reference_timestep_loss(model_config, params, ref_params, b, step_B, weight_
 
     def logps(prm):
         lg = np.asarray(llada.forward(model_config, prm, ids, att), np.float64)[:, p:] / config.temperature
-        lg = np.where(np.asarray(b.keep), lg, -np.inf)
-        lg = lg - lg.max(-1, keepdims=True)
-        lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-        return np.take_along_axis(lp, np.asarray(b.completion_ids)[..., None], 2)[..., 0]
+        return objective_numpy.token_log_probs(np.where(np.asarray(b.keep), lg, -np.inf), b.completion_ids)
 
     lp, total = logps(params), 0.0
     ref = logps(ref_params) if config.beta else None
     for row in range(lp.shape[0]):
         sel = unmask[row] == int(step_B[row])
-        ratio = np.exp(lp[row, sel] - np.asarray(b.old_logp, np.float64)[row, sel])
-        a = float(b.advantages[row])
-        tok = -np.minimum(ratio * a, np.clip(ratio, 1 - config.epsilon_low, 1 + config.epsilon_high) * a)
-        if config.beta:
-            d = ref[row, sel] - lp[row, sel]
-            tok = tok + config.beta * (np.exp(d) - d - 1) * ratio
+        tok, _, _ = objective_numpy.clipped_token_loss(
+            lp[row, sel][None], np.asarray(b.old_logp, np.float64)[row, sel][None],
+            None if ref is None else ref[row, sel][None], np.asarray(b.advantages, np.float64)[row:row + 1],
+            config.epsilon_low, config.epsilon_high, config.beta, kl_times_ratio=True)
         total += float(weight_B[row]) * tok.sum()
     return total / (k * config.num_generations)
 

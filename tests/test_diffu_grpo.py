@@ -10,6 +10,7 @@ from dllm_rl.checkpoint.hf import load_hf
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, init_lora
 from dllm_rl.rl import diffu_grpo as dg
+from tests.helpers import objective_numpy
 
 MASK, EOS = 156, 150  # the tiny model's ids
 
@@ -54,16 +55,9 @@ def test_completion_mask_includes_the_first_eos():
 
 
 def numpy_loss(logits_BxLxV, completion, old, ref, adv, mask, eps, beta):
-    """d1's loss in float64 from the completion logits."""
-    lg = np.asarray(logits_BxLxV, np.float64)
-    lg = lg - lg.max(-1, keepdims=True)
-    lp_all = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-    lp = np.take_along_axis(lp_all, np.asarray(completion)[..., None], 2)[..., 0]
-    ratio = np.exp(lp - old)
-    a = np.asarray(adv, np.float64)[:, None]
-    tok = -np.minimum(ratio * a, np.clip(ratio, 1 - eps, 1 + eps) * a)
-    if beta:
-        tok = tok + beta * (np.exp(ref - lp) - (ref - lp) - 1)
+    """d1's loss in float64 from the completion logits (plain k3, mean over the masked tokens)."""
+    lp = objective_numpy.token_log_probs(logits_BxLxV, completion)
+    tok, _, _ = objective_numpy.clipped_token_loss(lp, old, ref, adv, eps, eps, beta, kl_times_ratio=False)
     m = np.asarray(mask, np.float64)
     return (tok * m).sum() / m.sum(), lp
 

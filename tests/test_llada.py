@@ -97,6 +97,25 @@ def test_remat_gives_same_gradients(tiny, remat):
     chex.assert_trees_all_close(jax.grad(loss)(params, remat), jax.grad(loss)(params, "none"), rtol=1e-5, atol=1e-6)
 
 
+def test_remat_reaches_the_cached_forwards(tiny):
+    """hidden_states_and_kv and forward_window_at run the same layer scan: remat leaves values and grads alone."""
+    config, params = tiny
+    ids = jnp.asarray(np.random.default_rng(4).integers(0, config.vocab_size, (1, 8)))
+    pos = jnp.broadcast_to(jnp.arange(3), (1, 3))
+
+    def loss(p, remat):
+        h, k, v = llada.hidden_states_and_kv(config, p, ids, remat=remat)
+        logits = llada.forward_window_at(config, p, ids[:, 5:], 5, k[:, :, :5], v[:, :, :5], pos, remat=remat)
+        return jnp.mean(h ** 2) + jnp.mean(logits ** 2)
+
+    for remat in ("full", "dots"):
+        np.testing.assert_allclose(loss(params, remat), loss(params, "none"), rtol=1e-6)
+        chex.assert_trees_all_close(jax.grad(loss)(params, remat), jax.grad(loss)(params, "none"), rtol=1e-5,
+                                    atol=1e-6)
+    with pytest.raises(ValueError, match="remat"):
+        llada.hidden_states_and_kv(config, params, ids, remat="everything")
+
+
 def test_bfloat16_params_and_compute(tiny):
     config, params = tiny
     golden = np.load("tests/fixtures/llada_tiny/golden.npz")

@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.rl import sft
-from tests.helpers import llada_numpy
+from tests.helpers import llada_numpy, objective_numpy
 from tests.helpers.llada_numpy import tiny_config
 
 
@@ -22,10 +22,7 @@ def test_loss_matches_numpy_reference(tiny_dir):
     assert masked.any() and np.all(noisy[masked] == 156) and np.all(noisy[~masked] == answer[~masked])
     logits, _ = llada_numpy.forward(tiny_config(), load_file(str(tiny_dir / "model.safetensors")),
                                     np.concatenate([prompt, noisy], 1))
-    logits = logits[:, 5:]
-    top = logits.max(-1, keepdims=True)
-    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-    nll = -np.take_along_axis(logp, answer[..., None], -1)[..., 0]
+    nll = -objective_numpy.token_log_probs(logits[:, 5:], answer)
     expected = np.mean((nll * masked).sum(1) / p / 7)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
 

@@ -1,15 +1,16 @@
 """LLaDA masked-diffusion transformer as pure functions over a params pytree.
 
-Architecture of GSAI-ML/LLaDA-8B-Instruct (spec/LLADA.md §1): bidirectional attention, RoPE (rotate-half,
+Architecture of GSAI-ML/LLaDA-8B-Instruct (docs/architecture.md): bidirectional attention, RoPE (rotate-half,
 float32), RMSNorm (fp32 statistics, weight multiply after the cast back), SiLU-gated MLP, untied LM head,
 grouped-query attention. Layers are stacked on a leading axis and run with `lax.scan` (one compiled layer,
-optional remat), as MaxText does.
+optional remat), as MaxText does. The config parsing and the model functions share this module (about 400
+lines) because every forward variant reads the same config fields and layer helpers.
 
-Params layout (shapes for n_layers N, d_model D, heads H, kv heads K, head_dim hd, mlp F, vocab V):
-  embed   [V, D]          layers/attn_norm [N, D]        layers/q_proj  [N, D, H*hd]
-  ln_f    [D]             layers/ff_norm   [N, D]        layers/k_proj  [N, D, K*hd]  (v_proj likewise)
-  lm_head [D, V]          layers/attn_out  [N, H*hd, D]  layers/ff_proj [N, D, F] (gate; up_proj likewise)
-                          layers/ff_out    [N, F, D]
+Params layout (letters of docs/shapes.md: layers Ly, d_model D, heads H, kv heads Hk, head_dim Hd, mlp F, vocab V):
+  embed   [V, D]          layers/attn_norm [Ly, D]         layers/q_proj  [Ly, D, H*Hd]
+  ln_f    [D]             layers/ff_norm   [Ly, D]         layers/k_proj  [Ly, D, Hk*Hd]  (v_proj likewise)
+  lm_head [D, V]          layers/attn_out  [Ly, H*Hd, D]   layers/ff_proj [Ly, D, F] (gate; up_proj likewise)
+                          layers/ff_out    [Ly, F, D]
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class LLaDAConfig:
     vocab_size: int
     embedding_size: int
     max_sequence_length: int = 4096
-    rope_theta: float = 500000.0
+    rope_theta: float = 500000.0  # the 8B checkpoints' value (dllm_rl/assets/llada_8b_instruct_meta/config.json)
     rms_norm_eps: float = 1e-5
     mask_token_id: int = 126336
     eos_token_id: int = 126081
@@ -133,6 +134,7 @@ class LLaDAConfig:
                 vocab_size=int(raw["vocab_size"]),
                 embedding_size=int(raw.get("embedding_size") or raw["vocab_size"]),
                 max_sequence_length=int(raw.get("max_sequence_length", 4096)),
+                # A config.json without the key gets the reference configuration class's default, 10000.
                 rope_theta=float(raw.get("rope_theta", 10000.0)),
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
                 mask_token_id=int(raw.get("mask_token_id", 126336)),
@@ -151,14 +153,14 @@ class LLaDAConfig:
 
 def param_shapes(config: LLaDAConfig) -> dict[str, Any]:
     """Shapes of every parameter (same tree structure as the params)."""
-    n, d, f, v = config.n_layers, config.d_model, config.mlp_hidden_size, config.embedding_size
+    ly, d, f, v = config.n_layers, config.d_model, config.mlp_hidden_size, config.embedding_size
     q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
     return {
         "embed": (v, d),
         "layers": {
-            "attn_norm": (n, d), "q_proj": (n, d, q), "k_proj": (n, d, kv), "v_proj": (n, d, kv),
-            "attn_out": (n, q, d), "ff_norm": (n, d), "ff_proj": (n, d, f), "up_proj": (n, d, f),
-            "ff_out": (n, f, d),
+            "attn_norm": (ly, d), "q_proj": (ly, d, q), "k_proj": (ly, d, kv), "v_proj": (ly, d, kv),
+            "attn_out": (ly, q, d), "ff_norm": (ly, d), "ff_proj": (ly, d, f), "up_proj": (ly, d, f),
+            "ff_out": (ly, f, d),
         },
         "ln_f": (d,),
         "lm_head": (d, v),
@@ -204,59 +206,60 @@ def rms_norm(x_BxTxD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
     """RMSNorm as the reference: statistics in float32, cast back, then multiply by the weight."""
     x32 = x_BxTxD.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return weight_D.astype(x_BxTxD.dtype) * y.astype(x_BxTxD.dtype)
+    weight_1xD = weight_D.astype(x_BxTxD.dtype).reshape((1,) * (x_BxTxD.ndim - 1) + weight_D.shape)
+    return weight_1xD * y.astype(x_BxTxD.dtype)
 
 
 def rope_tables(positions_T: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """float32 (sin, cos) tables [T, hd] for rotate-half RoPE."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
-    emb_TxHd = jnp.concatenate([freqs_TxF, freqs_TxF], axis=-1)
-    return jnp.sin(emb_TxHd), jnp.cos(emb_TxHd)
+    """float32 (sin, cos) tables [T, Hd] for rotate-half RoPE: angle t / theta^(2i/Hd), i = 0..Hd/2-1, twice."""
+    exponent_Hd = (2 * (jnp.arange(head_dim, dtype=jnp.int32) % (head_dim // 2))).astype(jnp.float32) / head_dim
+    inv_freq_Hd = 1.0 / (theta ** exponent_Hd)
+    angles_TxHd = positions_T.astype(jnp.float32)[:, None] * inv_freq_Hd[None, :]
+    return jnp.sin(angles_TxHd), jnp.cos(angles_TxHd)
 
 
-def apply_rope(x_BxTxNxHd: jax.Array, sin_TxHd: jax.Array, cos_TxHd: jax.Array) -> jax.Array:
-    """Rotate-half RoPE computed in float32, cast back to the input dtype."""
-    x = x_BxTxNxHd.astype(jnp.float32)
+def apply_rope(x_BxTxHxHd: jax.Array, sin_TxHd: jax.Array, cos_TxHd: jax.Array) -> jax.Array:
+    """Rotate-half RoPE computed in float32, cast back to the input dtype (H query or Hk key heads)."""
+    x = x_BxTxHxHd.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     out = x * cos_TxHd[None, :, None, :] + rotated * sin_TxHd[None, :, None, :]
-    return out.astype(x_BxTxNxHd.dtype)
+    return out.astype(x_BxTxHxHd.dtype)
 
 
-def _attention(q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd, key_mask_BxT, implementation):
-    """Bidirectional softmax attention; GQA kv head j serves query heads j*g .. j*g+g-1."""
-    h, kv = q_BxTxHxHd.shape[2], k_BxTxKxHd.shape[2]
+def _attention(q_BxTxHxHd, k_BxSxHkxHd, v_BxSxHkxHd, key_mask_BxS, implementation):
+    """Bidirectional softmax attention; GQA kv head j serves query heads j*Hg .. j*Hg+Hg-1."""
+    h, hk = q_BxTxHxHd.shape[2], k_BxSxHkxHd.shape[2]
     if implementation is not None:
-        bias = None if key_mask_BxT is None else _key_bias(key_mask_BxT, q_BxTxHxHd.dtype)[:, None, None, :]
-        return jax.nn.dot_product_attention(q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd, bias=bias,
+        bias = None if key_mask_BxS is None else _key_bias(key_mask_BxS, q_BxTxHxHd.dtype)[:, None, None, :]
+        return jax.nn.dot_product_attention(q_BxTxHxHd, k_BxSxHkxHd, v_BxSxHkxHd, bias=bias,
                                             implementation=implementation)
     b, t, _, hd = q_BxTxHxHd.shape
-    q_BxTxKxGxHd = q_BxTxHxHd.reshape(b, t, kv, h // kv, hd)
-    scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxHd, k_BxTxKxHd,
-                                  preferred_element_type=jnp.float32) / np.sqrt(hd)
-    if key_mask_BxT is not None:
-        scores_BxKxGxTxS = scores_BxKxGxTxS + _key_bias(key_mask_BxT, jnp.float32)[:, None, None, None, :]
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxTxKxHd.dtype)
-    out_BxTxKxGxHd = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxTxKxHd)
-    return out_BxTxKxGxHd.reshape(b, t, h, hd)
+    q_BxTxHkxHgxHd = q_BxTxHxHd.reshape(b, t, hk, h // hk, hd)
+    scores_BxHkxHgxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxHkxHgxHd, k_BxSxHkxHd,
+                                    preferred_element_type=jnp.float32) / np.sqrt(hd)
+    if key_mask_BxS is not None:
+        scores_BxHkxHgxTxS = scores_BxHkxHgxTxS + _key_bias(key_mask_BxS, jnp.float32)[:, None, None, None, :]
+    probs_BxHkxHgxTxS = jax.nn.softmax(scores_BxHkxHgxTxS, axis=-1).astype(v_BxSxHkxHd.dtype)
+    out_BxTxHkxHgxHd = jnp.einsum("bkgts,bskd->btkgd", probs_BxHkxHgxTxS, v_BxSxHkxHd)
+    return out_BxTxHkxHgxHd.reshape(b, t, h, hd)
 
 
-def _key_bias(key_mask_BxT: jax.Array, dtype) -> jax.Array:
+def _key_bias(key_mask_BxS: jax.Array, dtype) -> jax.Array:
     """Additive key-padding bias: 0 where attended, the dtype's most negative value on padded keys."""
-    return jnp.where(key_mask_BxT.astype(bool), 0.0, jnp.finfo(dtype).min).astype(dtype)
+    return jnp.where(key_mask_BxS.astype(bool), 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
 def _qkv(config: LLaDAConfig, x_BxTxD, layer, sin_TxHd, cos_TxHd):
     """Pre-norm q/k/v projections of one layer; q and k rotated for the positions of sin/cos."""
     b, t, _ = x_BxTxD.shape
-    hd, h, kv = config.head_dim, config.n_heads, config.n_kv_heads
+    hd, h, hk = config.head_dim, config.n_heads, config.n_kv_heads
     dt = x_BxTxD.dtype
     h_BxTxD = rms_norm(x_BxTxD, layer["attn_norm"], config.rms_norm_eps)
     q_BxTxHxHd = (h_BxTxD @ layer["q_proj"].astype(dt)).reshape(b, t, h, hd)
-    k_BxTxKxHd = (h_BxTxD @ layer["k_proj"].astype(dt)).reshape(b, t, kv, hd)
-    v_BxTxKxHd = (h_BxTxD @ layer["v_proj"].astype(dt)).reshape(b, t, kv, hd)
-    return apply_rope(q_BxTxHxHd, sin_TxHd, cos_TxHd), apply_rope(k_BxTxKxHd, sin_TxHd, cos_TxHd), v_BxTxKxHd
+    k_BxTxHkxHd = (h_BxTxD @ layer["k_proj"].astype(dt)).reshape(b, t, hk, hd)
+    v_BxTxHkxHd = (h_BxTxD @ layer["v_proj"].astype(dt)).reshape(b, t, hk, hd)
+    return apply_rope(q_BxTxHxHd, sin_TxHd, cos_TxHd), apply_rope(k_BxTxHkxHd, sin_TxHd, cos_TxHd), v_BxTxHkxHd
 
 
 def _attn_out_mlp(config: LLaDAConfig, x_BxTxD, a_BxTxHxHd, layer):
@@ -270,17 +273,46 @@ def _attn_out_mlp(config: LLaDAConfig, x_BxTxD, a_BxTxHxHd, layer):
     return x_BxTxD + (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ layer["ff_out"].astype(dt)
 
 
-def _block(config: LLaDAConfig, x_BxTxD, layer, sin_TxHd, cos_TxHd, key_mask_BxT, attention_impl):
-    q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd = _qkv(config, x_BxTxD, layer, sin_TxHd, cos_TxHd)
-    a_BxTxHxHd = _attention(q_BxTxHxHd, k_BxTxKxHd, v_BxTxKxHd, key_mask_BxT, attention_impl)
-    return _attn_out_mlp(config, x_BxTxD, a_BxTxHxHd, layer)
-
-
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+def _embed(params: Params, input_ids_BxT: jax.Array, compute_dtype) -> jax.Array:
+    """Token embeddings [B, T, D] in the compute dtype (default: the embedding dtype)."""
+    return jnp.take(params["embed"], input_ids_BxT, axis=0).astype(compute_dtype or params["embed"].dtype)
+
+
+def _layers(config: LLaDAConfig, params: Params, x_BxTxD: jax.Array, positions_T: jax.Array,
+            key_mask_BxS: jax.Array | None, cache_kv=None, *, emit: str | None = None, remat: str = "none",
+            attention_impl: str | None = None):
+    """Every layer in one `lax.scan` (one compiled layer, optionally rematerialised): (x_out, per-layer output).
+
+    The T input tokens sit at absolute `positions_T` (RoPE). With `cache_kv` = (k, v) [Ly, B, S', Hk, Hd] each
+    (keys already rotated), every layer's queries also attend to that layer's cached keys/values, placed before
+    the input's own: `key_mask_BxS` then covers S = S' + T keys. `emit` picks the per-layer output stacked on a
+    leading Ly axis: None (nothing), "hidden" (each layer's output) or "kv" (each layer's own (k, v), rotated).
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    sin_TxHd, cos_TxHd = rope_tables(positions_T, config.head_dim, config.rope_theta)
+
+    def layer_fn(x_BxTxD, layer_and_cache):
+        layer, cache = layer_and_cache
+        q_BxTxHxHd, k_BxTxHkxHd, v_BxTxHkxHd = _qkv(config, x_BxTxD, layer, sin_TxHd, cos_TxHd)
+        k_BxSxHkxHd, v_BxSxHkxHd = k_BxTxHkxHd, v_BxTxHkxHd
+        if cache is not None:
+            k_BxSxHkxHd = jnp.concatenate([cache[0].astype(x_BxTxD.dtype), k_BxTxHkxHd], axis=1)
+            v_BxSxHkxHd = jnp.concatenate([cache[1].astype(x_BxTxD.dtype), v_BxTxHkxHd], axis=1)
+        a_BxTxHxHd = _attention(q_BxTxHxHd, k_BxSxHkxHd, v_BxSxHkxHd, key_mask_BxS, attention_impl)
+        y_BxTxD = _attn_out_mlp(config, x_BxTxD, a_BxTxHxHd, layer)
+        return y_BxTxD, {None: None, "hidden": y_BxTxD, "kv": (k_BxTxHkxHd, v_BxTxHkxHd)}[emit]
+
+    if remat != "none":
+        layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return jax.lax.scan(layer_fn, x_BxTxD, (params["layers"], cache_kv))
 
 
 def hidden_states(config: LLaDAConfig, params: Params, input_ids_BxT: jax.Array,
@@ -293,26 +325,15 @@ def hidden_states(config: LLaDAConfig, params: Params, input_ids_BxT: jax.Array,
     each layer for training). `attention_impl` is passed to `jax.nn.dot_product_attention` ("cudnn" on GPU);
     None uses the plain einsum path (float32 scores).
     """
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat={remat!r}; choose one of {sorted(REMAT_POLICIES)}")
-    dtype = compute_dtype or params["embed"].dtype
-    t = input_ids_BxT.shape[1]
-    x_BxTxD = jnp.take(params["embed"], input_ids_BxT, axis=0).astype(dtype)
-    sin_TxHd, cos_TxHd = rope_tables(jnp.arange(t), config.head_dim, config.rope_theta)
-    key_mask_BxT = attention_mask_BxT
-
-    def layer_fn(x, layer):
-        y = _block(config, x, layer, sin_TxHd, cos_TxHd, key_mask_BxT, attention_impl)
-        return y, (y if return_all else None)
-
-    if remat != "none":
-        layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[remat], prevent_cse=False)
-    x_out_BxTxD, per_layer = jax.lax.scan(layer_fn, x_BxTxD, params["layers"])
+    x_BxTxD = _embed(params, input_ids_BxT, compute_dtype)
+    x_out_BxTxD, y_LyxBxTxD = _layers(config, params, x_BxTxD, jnp.arange(input_ids_BxT.shape[1]),
+                                      attention_mask_BxT, emit="hidden" if return_all else None, remat=remat,
+                                      attention_impl=attention_impl)
     final_BxTxD = rms_norm(x_out_BxTxD, params["ln_f"], config.rms_norm_eps)
     if not return_all:
         return final_BxTxD
-    # HF tuple: [embeddings, block 0 .. block N-2 outputs, ln_f(last block)].
-    all_states = jnp.concatenate([x_BxTxD[None], per_layer[:-1], final_BxTxD[None]], axis=0)
+    # HF tuple: [embeddings, block 0 .. block Ly-2 outputs, ln_f(last block)].
+    all_states = jnp.concatenate([x_BxTxD[None], y_LyxBxTxD[:-1], final_BxTxD[None]], axis=0)
     return final_BxTxD, all_states
 
 
@@ -323,71 +344,63 @@ def lm_head(params: Params, h_BxTxD: jax.Array) -> jax.Array:
 
 def forward(config: LLaDAConfig, params: Params, input_ids: jax.Array, attention_mask: jax.Array | None = None,
             **kwargs) -> jax.Array:
-    """Logits [B, T, V] of the LLaDA model; `attention_mask` (1 = token, 0 = padding) masks padded keys only."""
+    """Logits [B, T, V] of `input_ids` [B, T]; `attention_mask` [B, T] (1 = token, 0 = padding) masks padded keys
+    only. Keyword arguments go to `hidden_states`."""
     return lm_head(params, hidden_states(config, params, input_ids, attention_mask, **kwargs))
+
+
+def _logits_at(params: Params, h_BxTxD: jax.Array, positions_BxN: jax.Array) -> jax.Array:
+    """Logits [B, N, V] at `positions_BxN`: hidden states are gathered before the LM head."""
+    return lm_head(params, jnp.take_along_axis(h_BxTxD, positions_BxN[..., None].astype(jnp.int32), axis=1))
 
 
 def forward_at(config: LLaDAConfig, params: Params, input_ids: jax.Array, positions_BxN: jax.Array,
                attention_mask: jax.Array | None = None, **kwargs) -> jax.Array:
-    """Logits [B, N, V] only at `positions_BxN`: hidden states are gathered before the LM head."""
-    h_BxTxD = hidden_states(config, params, input_ids, attention_mask, **kwargs)
-    h_BxNxD = jnp.take_along_axis(h_BxTxD, positions_BxN[..., None].astype(jnp.int32), axis=1)
-    return lm_head(params, h_BxNxD)
+    """Logits [B, N, V] only at `positions_BxN` of `input_ids` [B, T]: hidden states are gathered before the LM
+    head."""
+    return _logits_at(params, hidden_states(config, params, input_ids, attention_mask, **kwargs), positions_BxN)
 
 
 def hidden_states_and_kv(config: LLaDAConfig, params: Params, input_ids_BxT: jax.Array,
                          attention_mask_BxT: jax.Array | None = None, *, compute_dtype=None,
-                         attention_impl: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """ln_f hidden states [B, T, D] and every layer's keys (after RoPE) and values, [N, B, T, K, hd] each.
+                         attention_impl: str | None = None, remat: str = "none"
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """ln_f hidden states [B, T, D] and every layer's keys (after RoPE) and values, [Ly, B, T, Hk, Hd] each.
 
     Slices [:, :, :P] of the K/V are the prefix cache `forward_window_at` attends to. Computed from the whole
     sequence they are exact for that sequence (bidirectional attention: a prefix position's K/V at layers > 0
     depend on the tokens right of it); computed from the prefix alone they are not.
     """
-    dtype = compute_dtype or params["embed"].dtype
-    x_BxTxD = jnp.take(params["embed"], input_ids_BxT, axis=0).astype(dtype)
-    sin_TxHd, cos_TxHd = rope_tables(jnp.arange(input_ids_BxT.shape[1]), config.head_dim, config.rope_theta)
-
-    def layer_fn(x, layer):
-        q, k, v = _qkv(config, x, layer, sin_TxHd, cos_TxHd)
-        return _attn_out_mlp(config, x, _attention(q, k, v, attention_mask_BxT, attention_impl), layer), (k, v)
-
-    x_out_BxTxD, (k_NxBxTxKxHd, v_NxBxTxKxHd) = jax.lax.scan(layer_fn, x_BxTxD, params["layers"])
-    return rms_norm(x_out_BxTxD, params["ln_f"], config.rms_norm_eps), k_NxBxTxKxHd, v_NxBxTxKxHd
+    x_BxTxD = _embed(params, input_ids_BxT, compute_dtype)
+    x_out_BxTxD, (k_LyxBxTxHkxHd, v_LyxBxTxHkxHd) = _layers(
+        config, params, x_BxTxD, jnp.arange(input_ids_BxT.shape[1]), attention_mask_BxT, emit="kv", remat=remat,
+        attention_impl=attention_impl)
+    return rms_norm(x_out_BxTxD, params["ln_f"], config.rms_norm_eps), k_LyxBxTxHkxHd, v_LyxBxTxHkxHd
 
 
-def forward_window_at(config: LLaDAConfig, params: Params, window_ids_BxW: jax.Array, window_start,
-                      cache_k_NxBxSxKxHd: jax.Array, cache_v_NxBxSxKxHd: jax.Array, window_positions_BxN: jax.Array,
-                      cache_mask_BxS: jax.Array | None = None, window_mask_BxW: jax.Array | None = None, *,
-                      compute_dtype=None, attention_impl: str | None = None) -> jax.Array:
-    """Logits [B, N, V] at `window_positions_BxN` (indices into the window) of a window of tokens only.
+def forward_window_at(config: LLaDAConfig, params: Params, window_ids_BxN: jax.Array, window_start,
+                      cache_k_LyxBxTxHkxHd: jax.Array, cache_v_LyxBxTxHkxHd: jax.Array,
+                      window_positions_BxN: jax.Array, cache_mask_BxT: jax.Array | None = None,
+                      window_mask_BxN: jax.Array | None = None, *, compute_dtype=None,
+                      attention_impl: str | None = None, remat: str = "none") -> jax.Array:
+    """Logits at `window_positions_BxN` (indices into the window; any count) of a window of tokens only.
 
-    The window's tokens sit at absolute positions window_start + 0..W-1 (RoPE uses those; window_start may be
-    traced). In every layer the window's queries attend to the cached keys/values (already rotated for their own
-    positions; `cache_mask_BxS` 1 = visible, for key padding and to hide cached entries the window replaces) and
-    to the window's own keys/values (`window_mask_BxW`). When the cache holds, for every position outside the
-    window, the K/V that `hidden_states_and_kv` gives for the full sequence, this equals `forward_at` on that
-    sequence (up to float summation order); a cache from an older sequence makes it an approximation.
+    The window's tokens sit at absolute positions window_start + 0..N-1 (RoPE uses those; window_start may be
+    traced). In every layer the window's queries attend to the cached keys/values of T positions (already
+    rotated for their own positions; `cache_mask_BxT` 1 = visible, for key padding and to hide cached entries
+    the window replaces) and to the window's own keys/values (`window_mask_BxN`). When the cache holds, for
+    every position outside the window, the K/V that `hidden_states_and_kv` gives for the full sequence, this
+    equals `forward_at` on that sequence (up to float summation order); a cache from an older sequence makes it
+    an approximation.
     """
-    dtype = compute_dtype or params["embed"].dtype
-    b, w = window_ids_BxW.shape
-    s = cache_k_NxBxSxKxHd.shape[2]
-    x_BxWxD = jnp.take(params["embed"], window_ids_BxW, axis=0).astype(dtype)
-    sin_WxHd, cos_WxHd = rope_tables(window_start + jnp.arange(w), config.head_dim, config.rope_theta)
-    key_mask_BxSW = None
-    if cache_mask_BxS is not None or window_mask_BxW is not None:
-        cache_m = jnp.ones((b, s), bool) if cache_mask_BxS is None else cache_mask_BxS.astype(bool)
-        window_m = jnp.ones((b, w), bool) if window_mask_BxW is None else window_mask_BxW.astype(bool)
-        key_mask_BxSW = jnp.concatenate([jnp.broadcast_to(cache_m, (b, s)), jnp.broadcast_to(window_m, (b, w))], 1)
-
-    def layer_fn(x, layer_and_cache):
-        layer, ck_BxSxKxHd, cv_BxSxKxHd = layer_and_cache
-        q, k, v = _qkv(config, x, layer, sin_WxHd, cos_WxHd)
-        k_all = jnp.concatenate([ck_BxSxKxHd.astype(dtype), k], axis=1)
-        v_all = jnp.concatenate([cv_BxSxKxHd.astype(dtype), v], axis=1)
-        return _attn_out_mlp(config, x, _attention(q, k_all, v_all, key_mask_BxSW, attention_impl), layer), None
-
-    x_out_BxWxD, _ = jax.lax.scan(layer_fn, x_BxWxD, (params["layers"], cache_k_NxBxSxKxHd, cache_v_NxBxSxKxHd))
-    h_BxWxD = rms_norm(x_out_BxWxD, params["ln_f"], config.rms_norm_eps)
-    h_BxNxD = jnp.take_along_axis(h_BxWxD, window_positions_BxN[..., None].astype(jnp.int32), axis=1)
-    return lm_head(params, h_BxNxD)
+    b, n = window_ids_BxN.shape
+    t = cache_k_LyxBxTxHkxHd.shape[2]
+    key_mask_BxS = None  # S = T cached keys, then the window's N
+    if cache_mask_BxT is not None or window_mask_BxN is not None:
+        cache_m = jnp.ones((b, t), bool) if cache_mask_BxT is None else cache_mask_BxT.astype(bool)
+        window_m = jnp.ones((b, n), bool) if window_mask_BxN is None else window_mask_BxN.astype(bool)
+        key_mask_BxS = jnp.concatenate([jnp.broadcast_to(cache_m, (b, t)), jnp.broadcast_to(window_m, (b, n))], 1)
+    x_out_BxNxD, _ = _layers(config, params, _embed(params, window_ids_BxN, compute_dtype),
+                             window_start + jnp.arange(n), key_mask_BxS, (cache_k_LyxBxTxHkxHd, cache_v_LyxBxTxHkxHd),
+                             remat=remat, attention_impl=attention_impl)
+    return _logits_at(params, rms_norm(x_out_BxNxD, params["ln_f"], config.rms_norm_eps), window_positions_BxN)

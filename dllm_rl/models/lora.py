@@ -1,7 +1,7 @@
 """LoRA adapters for the LLaDA params tree, without touching the model code.
 
-Targets are the paper's (spec/AGRPO.md §1.3): q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of every
-layer, optionally the LM head. Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the
+Targets are the AGRPO paper's (docs/algorithm.md): q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of
+every layer, optionally the LM head. Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the
 kernels), initialised as PEFT does (A Kaiming-uniform, B zero), so a fresh adapter leaves the model unchanged.
 
 Two ways to run the adapted model:
@@ -100,15 +100,16 @@ def _get(tree, path: tuple[str, ...]):
     return tree
 
 
-def init_lora(base: Params, config: LoRAConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
-    """Fresh adapters {..: {"a": [.., in, r], "b": [.., r, out]}}: A ~ U(±1/√in) (PEFT's kaiming_uniform(a=√5)), B = 0."""
+def init_lora(base: Params, config: LoRAConfig, rng: jax.Array) -> Params:
+    """Fresh adapters {..: {"a": [.., in, r], "b": [.., r, out]}}: A ~ U(±1/√in) (PEFT's kaiming_uniform(a=√5)),
+    B = 0; float32 whatever the base dtype."""
     lora: Params = {}
     targets = _targets(base, config)
     for key, (path, w) in zip(jax.random.split(rng, len(targets)), targets):
         *lead, d_in, d_out = w.shape
         bound = 1.0 / math.sqrt(d_in)
-        a = jax.random.uniform(key, (*lead, d_in, config.rank), jnp.float32, -bound, bound).astype(dtype)
-        _set(lora, path, {"a": a, "b": jnp.zeros((*lead, config.rank, d_out), dtype)})
+        a = jax.random.uniform(key, (*lead, d_in, config.rank), jnp.float32, -bound, bound)
+        _set(lora, path, {"a": a, "b": jnp.zeros((*lead, config.rank, d_out), jnp.float32)})
     return lora
 
 
@@ -147,8 +148,8 @@ def lora_logical_axes(config: LoRAConfig, base_axes: Params) -> Params:
     return axes
 
 
-def split_params(params: Params, lora_config: LoRAConfig | None, rng: jax.Array | None = None,
-                 dtype=jnp.float32) -> tuple[Params, Params | None]:
+def split_params(params: Params, lora_config: LoRAConfig | None, rng: jax.Array | None = None
+                 ) -> tuple[Params, Params | None]:
     """(trainable, frozen): full fine-tuning → (params, None); LoRA → (fresh adapters, base params).
 
     The optimizer sees only `trainable`; `policy_params` rebuilds the model params from the pair.
@@ -157,7 +158,7 @@ def split_params(params: Params, lora_config: LoRAConfig | None, rng: jax.Array 
         return params, None
     if rng is None:
         raise ValueError("split_params: LoRA adapters need an rng key for A's initialisation; pass rng=")
-    return init_lora(params, lora_config, rng, dtype), params
+    return init_lora(params, lora_config, rng), params
 
 
 def policy_params(trainable: Params, frozen: Params | None, lora_config: LoRAConfig | None) -> Params:

@@ -1,8 +1,8 @@
 """Group-relative advantages (GRPO): A_i = r_i − mean of the group of rows sampled from the same prompt.
 
 Rows are grouped consecutively: rows g·G … g·G+G−1 share a prompt (the layout of TRL's RepeatSampler, which
-the official AGRPO and d1 trainers use). Neither divides by the group std (spec/AGRPO.md §1.2, spec/D1.md), so
-`scale_by_std` defaults to False; with it, TRL's (r − mean)/(std + 1e-4) with the unbiased std is used.
+the official AGRPO and d1 trainers use). Neither divides by the group std (docs/algorithm.md), so `scale_by_std`
+defaults to False; with it, TRL's (r − mean)/(std + 1e-4) with the unbiased std is used.
 """
 from __future__ import annotations
 
@@ -22,30 +22,23 @@ def check_group_size(batch_size: int, num_generations: int) -> None:
                          "use a batch size of (prompts per batch)·num_generations")
 
 
-def combine_rewards(rewards_BxF: jax.Array, weights_F: jax.Array | None = None) -> jax.Array:
-    """Weighted sum over reward functions; NaN (a reward function returning None) counts as 0, as TRL's nansum."""
-    if weights_F is not None:
-        rewards_BxF = rewards_BxF * weights_F
-    return jnp.nansum(rewards_BxF, axis=-1)
-
-
 def group_advantages(rewards_B: jax.Array, num_generations: int, scale_by_std: bool = False
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(advantages [B], stats): r − group mean (optionally / (std + 1e-4)), and reward / zero-std-group metrics."""
     if rewards_B.ndim != 1:
-        raise ValueError(f"rewards must be 1-D [batch], got shape {rewards_B.shape}; sum reward functions first "
-                         "(combine_rewards)")
+        raise ValueError(f"rewards must be 1-D [batch], got shape {rewards_B.shape}; sum the reward components "
+                         "of each row first")
     check_group_size(rewards_B.shape[0], num_generations)
-    r_NxG = rewards_B.astype(jnp.float32).reshape(-1, num_generations)
-    mean_Nx1 = r_NxG.mean(axis=1, keepdims=True)
-    std_Nx1 = (jnp.std(r_NxG, axis=1, ddof=1, keepdims=True) if num_generations > 1
-               else jnp.zeros_like(mean_Nx1))
-    adv_NxG = r_NxG - mean_Nx1
+    r_QxG = rewards_B.astype(jnp.float32).reshape(-1, num_generations)
+    mean_Qx1 = r_QxG.mean(axis=1, keepdims=True)
+    std_Qx1 = (jnp.std(r_QxG, axis=1, ddof=1, keepdims=True) if num_generations > 1
+               else jnp.zeros_like(mean_Qx1))
+    adv_QxG = r_QxG - mean_Qx1
     if scale_by_std:
-        adv_NxG = adv_NxG / (std_Nx1 + STD_EPS)
+        adv_QxG = adv_QxG / (std_Qx1 + STD_EPS)
     stats = {
-        "reward_mean": r_NxG.mean(),
-        "reward_std": std_Nx1.mean(),
-        "frac_reward_zero_std": jnp.isclose(std_Nx1, 0.0).mean(),
+        "reward_mean": r_QxG.mean(),
+        "reward_std": std_Qx1.mean(),
+        "frac_reward_zero_std": jnp.isclose(std_Qx1, 0.0).mean(),
     }
-    return adv_NxG.reshape(-1), stats
+    return adv_QxG.reshape(-1), stats

@@ -1,6 +1,6 @@
 """AGRPO loss: Monte-Carlo timesteps over the denoising trajectory, PPO-clipped, gradients accumulated in a scan.
 
-Faithful to the official `compute_loss` (github.com/probablyabot/agrpo @98f1182; spec/AGRPO.md §1.2, §1.5):
+Faithful to the official `compute_loss` (github.com/probablyabot/agrpo @98f1182; docs/algorithm.md):
 - The state before step s is rebuilt from the final completion and `unmask_step`: positions with
   unmask_step ≥ s are masked. The tokens scored at step s are those with unmask_step == s.
 - T_i = 1 + the last step that unmasked a non-EOS token; steps that unmask only EOS are never drawn.
@@ -15,6 +15,9 @@ JAX layout: `agrpo_grad` runs the K timesteps in one `lax.scan` whose body is a 
 timestep's activations are alive; logits are computed only at the positions a timestep scores. The number of
 scored positions per (row, step) varies in general, so they are gathered into a static `max_tokens_per_step`
 slots with a validity mask (see `AGRPOConfig.max_tokens_per_step`).
+
+The module is a little over 300 lines: the trajectory bookkeeping, the timestep draws and the loss are the three
+parts of one estimator and are read together.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
 from dllm_rl.rl.advantages import check_group_size
+from dllm_rl.rl.objective import ForwardConfig, clipped_token_loss, masked_mean, model_inputs, token_log_probs
 
 Params = dict[str, Any]
 PROPOSALS = ("uniform", "entropy")
@@ -35,8 +39,9 @@ ENTROPY_FLOOR = 1e-8  # the official q_i(s) adds this to every step's entropy su
 
 
 @dataclasses.dataclass(frozen=True)
-class AGRPOConfig:
-    """AGRPO loss settings (defaults: the released GSM8K train.yaml).
+class AGRPOConfig(ForwardConfig):
+    """AGRPO loss settings (defaults: the released GSM8K train.yaml); the model-call fields (remat,
+    compute_dtype, attention_impl) come from `ForwardConfig`.
 
     sampling_steps m and gen_length L are the rollout's; the static slot count per timestep is
     `max_tokens_per_step`, default ⌈L/m⌉ = the n tokens the AGRPO sampler unmasks per step. That is exact for
@@ -55,9 +60,6 @@ class AGRPOConfig:
     temperature: float = 0.6
     num_generations: int = 8
     max_tokens_per_step: int | None = None
-    remat: str = "none"
-    compute_dtype: str | None = None
-    attention_impl: str | None = None
 
     def __post_init__(self):
         if self.proposal not in PROPOSALS:
@@ -76,8 +78,7 @@ class AGRPOConfig:
                              f"{self.epsilon_low}, {self.epsilon_high}")
         if self.max_tokens_per_step is not None and self.max_tokens_per_step < 1:
             raise ValueError(f"AGRPOConfig.max_tokens_per_step must be ≥ 1, got {self.max_tokens_per_step}")
-        if self.remat not in llada.REMAT_POLICIES:
-            raise ValueError(f"AGRPOConfig.remat={self.remat!r}; choose one of {sorted(llada.REMAT_POLICIES)}")
+        super().__post_init__()
 
     @property
     def slots(self) -> int:
@@ -143,20 +144,20 @@ def scored_positions(unmask_step_BxL: jax.Array, step_B: jax.Array, slots: int) 
 # Timestep draws
 
 
-def stratify(u_S: jax.Array, perm_S: jax.Array, batch_size: int, mc_samples: int) -> jax.Array:
-    """Low-discrepancy uniforms [B, K] from S = B·K U[0,1) draws and a permutation of 0..S−1: (perm + u)/S."""
-    s = batch_size * mc_samples
-    return ((perm_S.astype(jnp.float32) + u_S.astype(jnp.float32)) / s).reshape(batch_size, mc_samples)
+def stratify(u_BK: jax.Array, perm_BK: jax.Array, batch_size: int, mc_samples: int) -> jax.Array:
+    """Low-discrepancy uniforms [B, K] from B·K flat U[0,1) draws and a permutation of 0..B·K−1: (perm + u)/(B·K)."""
+    n = batch_size * mc_samples
+    return ((perm_BK.astype(jnp.float32) + u_BK.astype(jnp.float32)) / n).reshape(batch_size, mc_samples)
 
 
 def draw_uniforms(rng: jax.Array, batch_size: int, mc_samples: int, low_discrepancy: bool) -> jax.Array:
     """The U[0,1) draws [B, K] that pick the timesteps (stratified over the whole batch if low_discrepancy)."""
     u_key, perm_key = jax.random.split(rng)
-    s = batch_size * mc_samples
-    u_S = jax.random.uniform(u_key, (s,), jnp.float32)
+    n = batch_size * mc_samples
+    u_BK = jax.random.uniform(u_key, (n,), jnp.float32)
     if not low_discrepancy:
-        return u_S.reshape(batch_size, mc_samples)
-    return stratify(u_S, jax.random.permutation(perm_key, s), batch_size, mc_samples)
+        return u_BK.reshape(batch_size, mc_samples)
+    return stratify(u_BK, jax.random.permutation(perm_key, n), batch_size, mc_samples)
 
 
 def step_proposal(batch: AGRPOBatch, config: AGRPOConfig, eos_token_id: int) -> tuple[jax.Array, jax.Array]:
@@ -167,7 +168,7 @@ def step_proposal(batch: AGRPOBatch, config: AGRPOConfig, eos_token_id: int) -> 
     if config.proposal == "uniform":
         q_BxM = live_BxM / t_B[:, None].astype(jnp.float32)
     else:
-        onehot_BxLxM = batch.unmask_step[:, :, None] == steps_M
+        onehot_BxLxM = batch.unmask_step[:, :, None] == steps_M[None, None, :]
         ent_BxM = ENTROPY_FLOOR + jnp.einsum("blm,bl->bm", onehot_BxLxM.astype(jnp.float32),
                                              batch.entropy.astype(jnp.float32))
         ent_BxM = jnp.where(live_BxM, ent_BxM, 0.0)
@@ -217,23 +218,16 @@ def token_logps(model_config: llada.LLaDAConfig, params: Params, batch: AGRPOBat
     p = batch.prompt_ids.shape[1]
     positions_BxN, valid_BxN = scored_positions(batch.unmask_step, step_B, config.slots)
     state_BxL = state_at_step(batch.completion_ids, batch.unmask_step, step_B, model_config.mask_token_id)
-    input_ids_BxT = jnp.concatenate([batch.prompt_ids, state_BxL.astype(batch.prompt_ids.dtype)], axis=1)
-    attention_mask_BxT = None
-    if batch.prompt_mask is not None:
-        attention_mask_BxT = jnp.concatenate(
-            [batch.prompt_mask.astype(bool), jnp.ones(state_BxL.shape, bool)], axis=1)
+    input_ids_BxT, attention_mask_BxT = model_inputs(batch.prompt_ids, batch.prompt_mask, state_BxL)
     logits_BxNxV = llada.forward_at(model_config, params, input_ids_BxT, p + positions_BxN, attention_mask_BxT,
-                                    compute_dtype=config.compute_dtype, remat=config.remat,
-                                    attention_impl=config.attention_impl)
+                                    **config.forward_kwargs())
     logits_BxNxV = logits_BxNxV.astype(jnp.float32) / config.temperature
     if batch.keep is not None:
         # Invalid slots keep everything so their (unused) log-softmax stays finite and NaN-free in the backward.
         keep_BxNxV = keep_fn(batch.keep, positions_BxN) | ~valid_BxN[..., None]
         logits_BxNxV = jnp.where(keep_BxNxV, logits_BxNxV, -jnp.inf)
     tokens_BxN = jnp.take_along_axis(batch.completion_ids, positions_BxN, axis=1)
-    logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
-    logp_BxN = jnp.take_along_axis(logp_BxNxV, tokens_BxN[..., None].astype(jnp.int32), axis=2)[..., 0]
-    return logp_BxN, positions_BxN, valid_BxN
+    return token_log_probs(logits_BxNxV, tokens_BxN), positions_BxN, valid_BxN
 
 
 def timestep_loss(params: Params, ref_params: Params | None, batch: AGRPOBatch, step_B: jax.Array,
@@ -243,30 +237,28 @@ def timestep_loss(params: Params, ref_params: Params | None, batch: AGRPOBatch, 
     logp_BxN, positions_BxN, valid_BxN = token_logps(model_config, params, batch, step_B, config, keep_fn)
     old_BxN = jnp.take_along_axis(batch.old_logp, positions_BxN, axis=1).astype(jnp.float32)
     logp_BxN = jnp.where(valid_BxN, logp_BxN, old_BxN)  # invalid slots: ratio 1, zero weight below
-    ratio_BxN = jnp.exp(logp_BxN - old_BxN)
-    adv_Bx1 = batch.advantages.astype(jnp.float32)[:, None]
-    clipped_BxN = jnp.clip(ratio_BxN, 1.0 - config.epsilon_low, 1.0 + config.epsilon_high)
-    per_token_BxN = -jnp.minimum(ratio_BxN * adv_Bx1, clipped_BxN * adv_Bx1)
-    metrics = {}
+    ref_BxN = None
     if config.beta:
         if ref_params is None:
             raise ValueError("AGRPOConfig.beta > 0 needs ref_params (the base params for LoRA, a frozen copy of "
                              "the initial params for full fine-tuning)")
         ref_BxN, _, _ = token_logps(model_config, ref_params, batch, step_B, config, keep_fn)
         ref_BxN = jax.lax.stop_gradient(jnp.where(valid_BxN, ref_BxN, logp_BxN))
-        delta_BxN = ref_BxN - logp_BxN
-        kl_BxN = (jnp.exp(delta_BxN) - delta_BxN - 1.0) * ratio_BxN  # k3 × ratio (DeepSeek-V3.2 correction)
-        per_token_BxN = per_token_BxN + config.beta * kl_BxN
-        metrics["kl"] = _masked_mean(kl_BxN, valid_BxN)
+    # The KL is k3 × ratio (the off-policy correction of DeepSeek-V3.2, as the official code).
+    per_token_BxN, ratio_BxN, kl_BxN = clipped_token_loss(
+        logp_BxN, old_BxN, ref_BxN, batch.advantages, config.epsilon_low, config.epsilon_high, config.beta,
+        kl_times_ratio=True)
+    adv_Bx1 = batch.advantages.astype(jnp.float32)[:, None]
+    metrics = {} if kl_BxN is None else {"kl": masked_mean(kl_BxN, valid_BxN)}
     tok_weight_BxN = valid_BxN * weight_B.astype(jnp.float32)[:, None]
     loss = jnp.sum(per_token_BxN * tok_weight_BxN) / (mc_samples * config.num_generations)
     low_BxN = (ratio_BxN < 1.0 - config.epsilon_low) & (adv_Bx1 < 0)
     high_BxN = (ratio_BxN > 1.0 + config.epsilon_high) & (adv_Bx1 > 0)
     metrics.update(
-        clip_low=_masked_mean(low_BxN, valid_BxN),
-        clip_high=_masked_mean(high_BxN, valid_BxN),
-        clip_fraction=_masked_mean(low_BxN | high_BxN, valid_BxN),
-        ratio_mean=_masked_mean(ratio_BxN, valid_BxN),
+        clip_low=masked_mean(low_BxN, valid_BxN),
+        clip_high=masked_mean(high_BxN, valid_BxN),
+        clip_fraction=masked_mean(low_BxN | high_BxN, valid_BxN),
+        ratio_mean=masked_mean(ratio_BxN, valid_BxN),
         ratio_max=jnp.max(jnp.where(valid_BxN, ratio_BxN, 0.0)),
         importance_weight_mean=jnp.mean(weight_B.astype(jnp.float32)),
         scored_tokens=valid_BxN.sum().astype(jnp.float32),
@@ -290,10 +282,6 @@ def check_batch(batch: AGRPOBatch, config: AGRPOConfig, steps_BxK: jax.Array, we
     if steps_BxK.ndim != 2 or steps_BxK.shape[0] != b or weights_BxK.shape != steps_BxK.shape:
         raise ValueError(f"timestep draws must be steps [B, K] and weights [B, K] with B = {b}; got "
                          f"{steps_BxK.shape} and {weights_BxK.shape} (use `timesteps` or `all_steps`)")
-
-
-def _masked_mean(x: jax.Array, valid: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.where(valid, x, 0).astype(jnp.float32)) / jnp.maximum(valid.sum(), 1)
 
 
 def agrpo_grad(trainable: Params, frozen: Params | None, ref_params: Params | None, batch: AGRPOBatch,

@@ -1,4 +1,4 @@
-"""diffu-GRPO (d1, github.com/dllm-reasoning/d1 @837888f; spec/D1.md): the one-step mean-field baseline.
+"""diffu-GRPO (d1, github.com/dllm-reasoning/d1 @837888f; docs/algorithm.md): the one-step mean-field baseline.
 
 Each completion token's log-prob is estimated by one forward pass in which the whole completion is masked and
 every prompt token is masked independently with probability `p_mask_prompt`; a fresh prompt mask is drawn for
@@ -20,22 +20,22 @@ import jax.numpy as jnp
 
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
+from dllm_rl.rl.objective import (ForwardConfig, clipped_token_loss, completion_positions, masked_mean, model_inputs,
+                                  token_log_probs)
 
 Params = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffuGRPOConfig:
-    """diffu-GRPO settings (defaults: d1's train.yaml; μ = 8 for Sudoku)."""
+class DiffuGRPOConfig(ForwardConfig):
+    """diffu-GRPO settings (defaults: d1's train.yaml; μ = 8 for Sudoku); the model-call fields (remat,
+    compute_dtype, attention_impl) come from `ForwardConfig`."""
 
     p_mask_prompt: float = 0.15
     num_iterations: int = 12
     epsilon: float = 0.5
     beta: float = 0.04
     num_generations: int = 6
-    remat: str = "none"
-    compute_dtype: str | None = None
-    attention_impl: str | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.p_mask_prompt <= 1.0:
@@ -45,13 +45,12 @@ class DiffuGRPOConfig:
                              f"{self.num_iterations}, {self.num_generations}")
         if not 0.0 <= self.epsilon < 1.0:
             raise ValueError(f"DiffuGRPOConfig.epsilon must be in [0, 1), got {self.epsilon}")
-        if self.remat not in llada.REMAT_POLICIES:
-            raise ValueError(f"DiffuGRPOConfig.remat={self.remat!r}; choose one of {sorted(llada.REMAT_POLICIES)}")
+        super().__post_init__()
 
 
 class DiffuGRPOBatch(NamedTuple):
-    """prompt_ids [B, P], prompt_mask [B, P] or None, completion_ids [B, L], completion_mask [B, L]
-    (`completion_mask()`), advantages [B]."""
+    """prompt_ids [B, P], prompt_mask [B, P] or None, completion_ids [B, L], completion_mask bool [B, L]
+    (`completion_mask()`: the tokens trained on), advantages [B]."""
 
     prompt_ids: jax.Array
     prompt_mask: jax.Array | None
@@ -77,48 +76,41 @@ def perturb(rng: jax.Array, prompt_ids_BxP: jax.Array, completion_ids_BxL: jax.A
     """Model input [B, P+L]: completion all mask tokens, each prompt token masked with probability p."""
     masked_BxP = jax.random.uniform(rng, prompt_ids_BxP.shape) < p_mask_prompt
     prompt_BxP = jnp.where(masked_BxP, mask_token_id, prompt_ids_BxP)
-    return jnp.concatenate([prompt_BxP, jnp.full_like(completion_ids_BxL, mask_token_id)], axis=1)
+    return model_inputs(prompt_BxP, None, jnp.full_like(completion_ids_BxL, mask_token_id))[0]
 
 
 def completion_logps(model_config: llada.LLaDAConfig, params: Params, batch: DiffuGRPOBatch, rng: jax.Array,
                      config: DiffuGRPOConfig) -> jax.Array:
     """One-step log π(o_j | perturbed prompt, fully masked completion) [B, L], float32."""
-    p, l = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    input_ids_BxT = perturb(rng, batch.prompt_ids, batch.completion_ids.astype(batch.prompt_ids.dtype),
-                            config.p_mask_prompt, model_config.mask_token_id)
-    attention_mask_BxT = None
-    if batch.prompt_mask is not None:
-        attention_mask_BxT = jnp.concatenate(
-            [batch.prompt_mask.astype(bool), jnp.ones(batch.completion_ids.shape, bool)], axis=1)
-    positions_BxL = jnp.broadcast_to(p + jnp.arange(l), batch.completion_ids.shape)
+    input_ids_BxT = perturb(rng, batch.prompt_ids, batch.completion_ids, config.p_mask_prompt,
+                            model_config.mask_token_id)
+    _, attention_mask_BxT = model_inputs(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
+    positions_BxL = completion_positions(batch.prompt_ids.shape[1], batch.completion_ids)
     logits_BxLxV = llada.forward_at(model_config, params, input_ids_BxT, positions_BxL, attention_mask_BxT,
-                                    compute_dtype=config.compute_dtype, remat=config.remat,
-                                    attention_impl=config.attention_impl).astype(jnp.float32)
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    return jnp.take_along_axis(logp_BxLxV, batch.completion_ids[..., None].astype(jnp.int32), axis=2)[..., 0]
+                                    **config.forward_kwargs())
+    return token_log_probs(logits_BxLxV, batch.completion_ids)
 
 
 def grpo_token_loss(logp_BxL: jax.Array, old_logp_BxL: jax.Array, ref_logp_BxL: jax.Array | None,
                     advantages_B: jax.Array, mask_BxL: jax.Array, epsilon: float, beta: float
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask, and metrics."""
-    ratio_BxL = jnp.exp(logp_BxL - old_logp_BxL)
+    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask (mask: bool [B, L]), and
+    metrics.
+
+    `clip_fraction` counts the tokens where the clipped term is the smaller one (d1's definition).
+    """
+    if beta and ref_logp_BxL is None:
+        raise ValueError("DiffuGRPOConfig.beta > 0 needs reference log-probs (ref_logp)")
+    per_token_BxL, ratio_BxL, kl_BxL = clipped_token_loss(logp_BxL, old_logp_BxL, ref_logp_BxL, advantages_B,
+                                                          epsilon, epsilon, beta, kl_times_ratio=False)
+    mask_BxL = mask_BxL.astype(bool)
     adv_Bx1 = advantages_B[:, None].astype(logp_BxL.dtype)
-    unclipped_BxL = ratio_BxL * adv_Bx1
-    clipped_BxL = jnp.clip(ratio_BxL, 1.0 - epsilon, 1.0 + epsilon) * adv_Bx1
-    per_token_BxL = -jnp.minimum(unclipped_BxL, clipped_BxL)
-    mask_BxL = mask_BxL.astype(logp_BxL.dtype)
-    n_tokens = jnp.maximum(mask_BxL.sum(), 1.0)
-    metrics = {"clip_fraction": jnp.sum((unclipped_BxL > clipped_BxL) * mask_BxL) / n_tokens,
-               "ratio_mean": jnp.sum(ratio_BxL * mask_BxL) / n_tokens}
-    if beta:
-        if ref_logp_BxL is None:
-            raise ValueError("DiffuGRPOConfig.beta > 0 needs reference log-probs (ref_logp)")
-        delta_BxL = ref_logp_BxL - logp_BxL
-        kl_BxL = jnp.exp(delta_BxL) - delta_BxL - 1.0
-        per_token_BxL = per_token_BxL + beta * kl_BxL
-        metrics["kl"] = jnp.sum(kl_BxL * mask_BxL) / n_tokens
-    return jnp.sum(per_token_BxL * mask_BxL) / n_tokens, metrics
+    clipped_smaller_BxL = ratio_BxL * adv_Bx1 > jnp.clip(ratio_BxL, 1.0 - epsilon, 1.0 + epsilon) * adv_Bx1
+    metrics = {"clip_fraction": masked_mean(clipped_smaller_BxL, mask_BxL),
+               "ratio_mean": masked_mean(ratio_BxL, mask_BxL)}
+    if kl_BxL is not None:
+        metrics["kl"] = masked_mean(kl_BxL, mask_BxL)
+    return masked_mean(per_token_BxL, mask_BxL), metrics
 
 
 def diffu_grpo_loss(trainable: Params, frozen: Params | None, batch: DiffuGRPOBatch, rng: jax.Array,

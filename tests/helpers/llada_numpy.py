@@ -1,4 +1,5 @@
-"""Independent float64 NumPy reference of the LLaDA forward pass, written from spec/LLADA.md §1.
+"""Independent float64 NumPy reference of the LLaDA forward pass, written from the reference model's math
+(docs/architecture.md).
 
 Works on HF-named torch-layout tensors ([out, in]), so it shares no code or layout with the JAX model.
 """
