@@ -65,7 +65,7 @@ def model_config(name: str, d_model: int | None = None, n_layers: int | None = N
 
 
 def load_model(args) -> tuple[llada.LLaDAConfig, dict]:
-    if args.hf_dir:
+    if getattr(args, "hf_dir", None):
         from dllm_rl.checkpoint import load_hf
         return load_hf(args.hf_dir, dtype=args.dtype)
     config = model_config(args.model, getattr(args, "d_model", None), getattr(args, "n_layers", None),
@@ -111,19 +111,25 @@ def add_model_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", type=int, default=None, help="resize 'tiny': vocabulary (LLaDA's: 126464)")
 
 
+def add_rollout_args(p: argparse.ArgumentParser, dtype: str, batch: int, prompt_len: int, gen_length: int,
+                     block_length: int, temperature: float, top_k: int | None, top_p: float) -> None:
+    """Shape and sampling flags shared by the sampler subcommands (with each one's defaults)."""
+    p.add_argument("--dtype", default=dtype, help="params / compute dtype, e.g. bfloat16")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--prompt_len", type=int, default=prompt_len)
+    p.add_argument("--gen_length", type=int, default=gen_length)
+    p.add_argument("--block_length", type=int, default=block_length)
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--top_k", type=int, default=top_k)
+    p.add_argument("--top_p", type=float, default=top_p)
+
+
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
     add_model_size_args(p)
+    add_rollout_args(p, "float32", 1, 128, 256, 32, 0.0, None, 1.0)
     p.add_argument("--hf_dir", default=None, help="load real weights from an HF folder instead of random ones")
-    p.add_argument("--dtype", default="float32", help="params / compute dtype, e.g. bfloat16")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--prompt_len", type=int, default=128)
-    p.add_argument("--gen_length", type=int, default=256)
-    p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--steps", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence")
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--cfg_scale", type=float, default=0.0)
     p.add_argument("--record", action="store_true", help="AGRPO rollout with per-position records")
     p.add_argument("--no_early_stop", action="store_true", help="run every step even if all rows end in EOS")
@@ -205,14 +211,7 @@ def run_sampler(args) -> dict:
 
 def add_sampler_profile_args(p: argparse.ArgumentParser) -> None:
     add_model_size_args(p)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--prompt_len", type=int, default=64)
-    p.add_argument("--gen_length", type=int, default=96)
-    p.add_argument("--block_length", type=int, default=12)
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top_k", type=int, default=150)
-    p.add_argument("--top_p", type=float, default=0.99)
+    add_rollout_args(p, "float32", 8, 64, 96, 12, 0.6, 150, 0.99)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
 
@@ -251,9 +250,10 @@ def profile_pieces(config, params, args) -> dict:
         "packbits_vocab": (trunc.pack, (keep_BxNxV,)),
         "pack_candidates": (lambda ids, keep: cand.packed_keep(cand.Candidates(ids, ids, keep), v),
                             (short.ids_BxNxC, short.keep_BxNxC)),
-        "record_carry_update_8_steps": (  # in a loop, as in the sampler (in place), not one copying call
-            lambda bits, new: jax.lax.fori_loop(0, 8, lambda i, acc: loop.update_where(acc, sel_BxN, new, i * n),
-                                                bits), (bits_BxLxVb, trunc.pack(keep_BxNxV))),
+        "record_carry_update_all_blocks": (  # one update per block in a loop, as in the sampler (in place)
+            lambda bits, new: jax.lax.fori_loop(0, args.gen_length // n,
+                                                lambda i, acc: loop.update_where(acc, sel_BxN, new, i * n), bits),
+            (bits_BxLxVb, trunc.pack(keep_BxNxV))),
     }
 
 
@@ -278,15 +278,8 @@ def run_sampler_profile(args) -> dict:
 def add_sampler_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", default="v5e:2x4", help="TPU topology name for jax.experimental.topologies")
     p.add_argument("--mesh", default="data=1,fsdp=8,tensor=1", help="mesh axis sizes over the topology's chips")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--prompt_len", type=int, default=128)
-    p.add_argument("--gen_length", type=int, default=384)
-    p.add_argument("--block_length", type=int, default=12)
+    add_rollout_args(p, "bfloat16", 8, 128, 384, 12, 0.6, 150, 0.99)
     p.add_argument("--steps", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top_k", type=int, default=150)
-    p.add_argument("--top_p", type=float, default=0.99)
     p.add_argument("--remasking", default="random")
 
 
