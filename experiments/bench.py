@@ -281,6 +281,18 @@ def add_sampler_compile_args(p: argparse.ArgumentParser) -> None:
     add_rollout_args(p, "bfloat16", 8, 128, 384, 12, 0.6, 150, 0.99)
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--remasking", default="random")
+    p.add_argument("--hlo_out", default=None, help="write the compiled HLO text here")
+
+
+def vocab_sorts(hlo: str, vocab: int) -> list[str]:
+    """'computation: instruction' for every sort whose operands span the vocabulary."""
+    out, computation = [], ""
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and "{" in line:
+            computation = line.split(" ")[0] if not line.startswith("ENTRY") else "ENTRY"
+        if " sort(" in line and f",{vocab}]" in line:
+            out.append(f"{computation}: {line.strip()[:120]}")
+    return out
 
 
 def run_sampler_compile(args) -> dict:
@@ -307,12 +319,13 @@ def run_sampler_compile(args) -> dict:
     t0 = time.perf_counter()
     compiled = lower(config, sampler, params, prompt, rng=key, compute_dtype=dtype).compile()
     seconds = time.perf_counter() - t0
-    vocab = str(config.embedding_size)
-    sorts = [line.strip()[:200] for line in compiled.as_text().splitlines() if " sort(" in line and vocab in line]
+    hlo = compiled.as_text()
+    if args.hlo_out:
+        pathlib.Path(args.hlo_out).write_text(hlo)
     mem = compiled.memory_analysis()
     param_bytes = sum(int(np.prod(x.shape)) * dtype.itemsize for x in jax.tree.leaves(params)) // len(topo.devices)
     return {"bench": "sampler_compile", "topology": args.topology, "mesh": dict(mesh.shape), "compile_s": seconds,
-            "vocab_sorts": sorts, "temp_bytes_per_chip": mem.temp_size_in_bytes,
+            "vocab_sorts": vocab_sorts(hlo, config.embedding_size), "temp_bytes_per_chip": mem.temp_size_in_bytes,
             "argument_bytes_per_chip": mem.argument_size_in_bytes, "output_bytes_per_chip": mem.output_size_in_bytes,
             "param_bytes_per_chip": param_bytes}
 

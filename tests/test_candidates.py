@@ -52,3 +52,13 @@ def test_no_vocabulary_sort_on_the_top_k_path():
     scaled = jax.ShapeDtypeStruct((2, 3, 4096), jnp.float32)
     hlo = jax.jit(lambda s: cand.top_k_list(s, 150, 0.99)).lower(scaled).compile().as_text()
     assert not [line for line in hlo.splitlines() if " sort(" in line and "4096]" in line]
+
+
+@pytest.mark.parametrize("v,k", [(1000, 7), (1001, 31), (64, 3), (40, 39), (5000, 151)])
+def test_two_round_top_k_equals_lax_top_k(v, k):
+    x = jnp.asarray(np.round(np.random.default_rng(v).normal(0, 2, (2, 3, v)), 1), jnp.float32)  # many ties
+    x = x.at[0, 0, -3:].set(-jnp.inf)
+    want_values, want_ids = jax.lax.top_k(x, k)
+    values, ids = cand.two_round_top_k(x, k)
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(ids, want_ids)

@@ -8,7 +8,7 @@ Exact ties at the top-p cut are ordered by token id (the reference's torch.sort 
 A `Candidates` holds, per position, C candidate tokens in descending order of their scaled logit (ties: lower id
 first) and which of them are kept. Everything downstream (Gumbel-max draw, log-prob, entropy, packed record)
 runs over C instead of the vocabulary V:
-  * top_k set: C = k, from one `lax.top_k(scaled, k + 1)` (values and ids; XLA's TopK kernel, no sort over V).
+  * top_k set: C = k, from one exact top (k + 1) with values and ids (`two_round_top_k`: no sort over V).
     The (k+1)-th value tells whether ties at the k-th value keep more than k tokens; only then does the exact
     full-vocabulary path run (`with_candidates` switches with `lax.cond`, so that sort is never executed
     otherwise).
@@ -18,6 +18,7 @@ runs over C instead of the vocabulary V:
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -60,15 +61,37 @@ def sorted_vocabulary(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float) 
     return Candidates(values_BxNxV, ids_BxNxV, keep_BxNxV)
 
 
+def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """lax.top_k behind a barrier that keeps its outputs whole: XLA CPU lowers top_k to sort + slice and turns
+    that back into its TopK kernel only while the slice is a plain prefix; with later slices fused into the
+    sort's users instead, the program keeps a full sort (about 100x slower at LLaDA's vocabulary)."""
+    return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+
+
+def two_round_top_k(x_BxNxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Exactly `lax.top_k(x, k)` (values, int32 ids; ties: lower id first), in two rounds over about sqrt(V k)
+    entries each: the top k of each of m contiguous chunks, then the top k of those m k. The global top k lie
+    among them, and chunk-major order keeps lower ids first among ties. Why: XLA TPU lowers a top_k over the
+    whole vocabulary to a sort of it; the two rounds sort only chunk-sized rows. The pad (ids >= V) is -inf."""
+    v = x_BxNxV.shape[-1]
+    c = max(k + 1, math.isqrt(v * k) + 1)  # chunk size
+    m = -(-v // c)
+    if m < 2:
+        return _top_k(x_BxNxV, k)
+    lead = x_BxNxV.shape[:-1]
+    padded = jnp.pad(x_BxNxV, [(0, 0)] * len(lead) + [(0, m * c - v)], constant_values=-jnp.inf)
+    values1, ids1 = _top_k(padded.reshape(lead + (m, c)), k)                  # [B, N, m, k]
+    ids1 = ids1 + jax.lax.broadcasted_iota(jnp.int32, ids1.shape, ids1.ndim - 2) * c
+    values, where = _top_k(values1.reshape(lead + (m * k,)), k)
+    return values, jnp.take_along_axis(ids1.reshape(lead + (m * k,)), where, axis=-1)
+
+
 def top_k_list(scaled_BxNxV: jax.Array, top_k: int, top_p: float) -> tuple[Candidates, jax.Array]:
     """(the k best tokens with top-p applied among them, scalar bool: exact everywhere in the batch).
 
     Not exact where the (k+1)-th value equals the k-th: top-k then keeps more than k tied tokens (and top-p's
     softmax normaliser includes them all)."""
-    # The barrier keeps top_k's outputs whole: XLA CPU lowers top_k to sort + slice and turns that back into
-    # its TopK kernel only while the slice is a plain prefix; with the two slices below fused into the sort's
-    # users instead, the program keeps a full sort over V (about 100x slower at LLaDA's vocabulary).
-    values_BxNxK1, ids_BxNxK1 = jax.lax.optimization_barrier(jax.lax.top_k(scaled_BxNxV, top_k + 1))
+    values_BxNxK1, ids_BxNxK1 = two_round_top_k(scaled_BxNxV, top_k + 1)
     values_BxNxK, ids_BxNxK = values_BxNxK1[..., :top_k], ids_BxNxK1[..., :top_k]
     exact = jnp.all(values_BxNxK1[..., top_k] < values_BxNxK1[..., top_k - 1])
     keep_BxNxK = jnp.ones(values_BxNxK.shape, bool)
