@@ -285,35 +285,20 @@ def add_sampler_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hlo_out", default=None, help="write the compiled HLO text here")
 
 
-def vocab_sorts(hlo: str, vocab: int) -> list[str]:
-    """'computation: instruction' for every sort whose operands span the vocabulary."""
-    out, computation = [], ""
-    for line in hlo.splitlines():
-        if line and not line.startswith(" ") and "{" in line:
-            computation = line.split(" ")[0] if not line.startswith("ENTRY") else "ENTRY"
-        if " sort(" in line and f",{vocab}]" in line:
-            out.append(f"{computation}: {line.strip()[:120]}")
-    return out
-
-
 def run_sampler_compile(args) -> dict:
     """Compiles the 8B recorded rollout for a TPU topology without a TPU (libtpu's compiler; the process keeps
     JAX_PLATFORMS=cpu otherwise) and reports the sorts over the vocabulary and the memory analysis."""
-    from jax.experimental import topologies
     from dllm_rl.parallel import mesh as mesh_lib
     from dllm_rl.sampling import sampler_config
     from dllm_rl.sampling.generate import lower
+    from experiments import aot
 
-    topo = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
-    mesh = mesh_lib.make_mesh({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))},
-                              devices=topo.devices)
+    mesh = mesh_lib.make_mesh(aot.parse_mesh(args.mesh), devices=aot.topology_devices(args.topology))
     config = model_config("8b")
     dtype = jnp.dtype(args.dtype)
-    params = jax.tree.map(lambda shape, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding),
-                          llada.param_shapes(config), mesh_lib.param_shardings(mesh),
-                          is_leaf=lambda x: isinstance(x, tuple))
-    prompt = jax.ShapeDtypeStruct((args.batch, args.prompt_len), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
+    params = aot.abstract_params(config, mesh, dtype)
+    prompt = aot.batch_array(mesh, mesh_lib.DEFAULT_RULES, (args.batch, args.prompt_len), jnp.int32)
+    key = aot.abstract_key(mesh)
     sampler = sampler_config(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
                              temperature=args.temperature, remasking=args.remasking, top_k=args.top_k,
                              top_p=args.top_p, record=True)
@@ -324,9 +309,9 @@ def run_sampler_compile(args) -> dict:
     if args.hlo_out:
         pathlib.Path(args.hlo_out).write_text(hlo)
     mem = compiled.memory_analysis()
-    param_bytes = sum(int(np.prod(x.shape)) * dtype.itemsize for x in jax.tree.leaves(params)) // len(topo.devices)
+    param_bytes = aot.sharded_bytes(params)
     return {"bench": "sampler_compile", "topology": args.topology, "mesh": dict(mesh.shape), "compile_s": seconds,
-            "vocab_sorts": vocab_sorts(hlo, config.embedding_size), "temp_bytes_per_chip": mem.temp_size_in_bytes,
+            "vocab_sorts": aot.vocab_sorts(hlo, config.embedding_size), "temp_bytes_per_chip": mem.temp_size_in_bytes,
             "argument_bytes_per_chip": mem.argument_size_in_bytes, "output_bytes_per_chip": mem.output_size_in_bytes,
             "param_bytes_per_chip": param_bytes}
 

@@ -1,0 +1,277 @@
+"""Compile one training step's programs for a TPU topology without a TPU, and say whether each fits in HBM.
+
+  python -m experiments.aot --topology v5p:2x2x2 --gin experiments/configs/gsm8k_agrpo.gin \
+      [--gin_binding ...] [--mesh data=1,fsdp=8,tensor=1] [--model_config PATH] [--programs rollout,loss]
+
+libtpu's compiler runs here on a topology description (`jax.experimental.topologies`); the rest of the process
+keeps JAX_PLATFORMS=cpu. Every input is an abstract `jax.ShapeDtypeStruct` with its sharding on the config's mesh
+(`MeshConfig` from gin, or `--mesh`), so the 8B weights are never allocated. The programs are those a training
+step runs, at the config's shapes: the recorded rollout (`sampling.generate`), the loss gradients of one
+micro-batch (`rl.steps.agrpo_grads` or `rl.steps.diffu_grads`), the optimizer update (`rl.steps.apply_update`)
+and the eval sampler. One JSON line per program: per-chip bytes = arguments + temporaries + outputs - aliased
+(`compiled.memory_analysis()`, exact for the compiled program), against the chip's HBM. Exit status 1 when a
+program does not fit. The model is the checkpoint's config.json when the gin points at one that exists here,
+else `--model_config` (default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body
+once.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_rl.assets import LLADA_8B_META_DIR
+from dllm_rl.models import llada
+from dllm_rl.models import lora as lora_lib
+from dllm_rl.parallel import mesh as mesh_lib
+
+GIB = 2**30
+# HBM per chip by device_kind (the topology's devices report no memory stats).
+CHIP_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU v6e": 32}
+PROGRAMS = ("rollout", "loss", "update", "eval")
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a TPU topology such as 'v5e:2x4' (compile targets only; nothing runs on them)."""
+    from jax.experimental import topologies
+
+    # Compiling needs no exclusive TPU access; without this a second process using libtpu fails on its lockfile.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+
+
+def device_hbm_bytes(topology: str, devices: list) -> int:
+    """HBM of one device: the chip's HBM split over the devices of a chip (v4 topologies list each of a chip's
+    two TensorCores as a device)."""
+    chips = math.prod(int(n) for n in topology.split(":")[1].split("x"))
+    return CHIP_HBM_GIB[devices[0].device_kind] * GIB * chips // len(devices)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'data=1,fsdp=8,tensor=1' -> {'data': 1, 'fsdp': 8, 'tensor': 1}."""
+    return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+
+
+def abstract_tree(shapes, dtypes, shardings):
+    """ShapeDtypeStructs from matching trees of shape tuples, dtypes (or one dtype) and shardings."""
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(n, int) for n in x)  # noqa: E731
+    if not isinstance(dtypes, dict):
+        dtypes = jax.tree.map(lambda _: dtypes, shapes, is_leaf=is_shape)
+    return jax.tree.map(lambda s, d, sh: jax.ShapeDtypeStruct(s, d, sharding=sh), shapes, dtypes, shardings,
+                        is_leaf=is_shape)
+
+
+def abstract_params(config: llada.LLaDAConfig, mesh, dtype, rules=mesh_lib.DEFAULT_RULES):
+    """The model params as ShapeDtypeStructs on their mesh shardings (checked for divisibility)."""
+    shapes, shardings = llada.param_shapes(config), mesh_lib.param_shardings(mesh, rules=rules)
+    mesh_lib.check_divisible(shapes, shardings)
+    return abstract_tree(shapes, jnp.dtype(dtype), shardings)
+
+
+def batch_array(mesh, rules, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
+    """An abstract [B, ...] array split over the batch axes of the rules."""
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=mesh_lib.batch_sharding(mesh, len(shape), rules))
+
+
+def abstract_key(mesh) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
+
+
+def vocab_sorts(hlo: str, vocab: int) -> list[str]:
+    """'computation: instruction' for every sort in compiled HLO text whose operands span the vocabulary."""
+    out, computation = [], ""
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and "{" in line:
+            computation = line.split(" ")[0] if not line.startswith("ENTRY") else "ENTRY"
+        if " sort(" in line and f",{vocab}]" in line:
+            out.append(f"{computation}: {line.strip()[:120]}")
+    return out
+
+
+def per_chip_bytes(compiled) -> dict[str, int]:
+    """Per-device bytes of a compiled program: its parts and total (arguments + temporaries + outputs -
+    aliased, since a donated argument's buffer holds the output)."""
+    mem = compiled.memory_analysis()
+    parts = {"argument_bytes": mem.argument_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
+             "output_bytes": mem.output_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes}
+    parts["per_chip_bytes"] = (parts["argument_bytes"] + parts["temp_bytes"] + parts["output_bytes"]
+                               - parts["alias_bytes"])
+    return parts
+
+
+def sharded_bytes(tree) -> int:
+    """Bytes one device holds of a tree of abstract arrays (the shard shape of device 0)."""
+    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+@dataclasses.dataclass
+class Setup:
+    """What the step programs are built from: the experiment config, model config, mesh and abstract state."""
+
+    cfg: object  # rl.config.ExperimentConfig
+    model_config: llada.LLaDAConfig
+    mesh: jax.sharding.Mesh
+    base: dict
+    trainable: dict
+    frozen: dict | None
+
+    @property
+    def rules(self):
+        return self.cfg.mesh.rules
+
+
+def make_setup(cfg, model_config: llada.LLaDAConfig, mesh) -> Setup:
+    """Abstract base params (the checkpoint dtype) and the (trainable, frozen) split of the config: LoRA adapters
+    float32 on their logical-axis shardings, or the base params themselves for full fine-tuning."""
+    base = abstract_params(model_config, mesh, cfg.model.dtype, cfg.mesh.rules)
+    if cfg.lora is None:
+        return Setup(cfg, model_config, mesh, base, base, None)
+    shapes = jax.eval_shape(lambda p: lora_lib.init_lora(p, cfg.lora, jax.random.key(0)), base)
+    axes = lora_lib.lora_logical_axes(cfg.lora, llada.param_logical_axes())
+    shardings = mesh_lib.tree_shardings(mesh, axes, cfg.mesh.rules)
+    adapters = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    mesh_lib.check_divisible(jax.tree.map(lambda x: x.shape, adapters), shardings, "LoRA adapter")
+    return Setup(cfg, model_config, mesh, base, adapters, base)
+
+
+def prompts(setup: Setup, rows: int):
+    """Abstract left-padded prompt ids and mask [rows, max_prompt_length]."""
+    shape = (rows, setup.cfg.train.max_prompt_length)
+    return batch_array(setup.mesh, setup.rules, shape, jnp.int32), batch_array(setup.mesh, setup.rules, shape,
+                                                                              jnp.int32)
+
+
+def lower_sampler(setup: Setup, sampler, rows: int):
+    """The sampler program on the merged (plain) policy params, as the trainer and evaluation call it."""
+    from dllm_rl.sampling.generate import lower
+
+    ids, mask = prompts(setup, rows)
+    return lower(setup.model_config, sampler, setup.base, ids, mask, abstract_key(setup.mesh))
+
+
+def rollout_rows(setup: Setup) -> int:
+    return setup.cfg.train.prompts_per_micro_batch * setup.cfg.num_generations
+
+
+def lower_loss(setup: Setup):
+    """One micro-batch's gradients at the rollout's shapes (AGRPO: with the truncation record it wrote)."""
+    from dllm_rl.rl import agrpo, diffu_grpo, steps
+    from dllm_rl.sampling.truncation import TruncationRecord
+
+    cfg, mc, mesh, rules = setup.cfg, setup.model_config, setup.mesh, setup.rules
+    b, length = rollout_rows(setup), cfg.rollout.gen_length
+    ids, mask = prompts(setup, b)
+    arr = lambda shape, dtype: batch_array(mesh, rules, shape, dtype)  # noqa: E731
+    completion, advantages = arr((b, length), jnp.int32), arr((b,), jnp.float32)
+    static = dict(model_config=mc, config=cfg.algorithm_config, lora_config=cfg.lora)
+    if cfg.train.algorithm == "diffu_grpo":
+        batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion, arr((b, length), bool), advantages)
+        old = arr((b, length), jnp.float32) if cfg.diffu_grpo.num_iterations > 1 else None
+        ref = arr((b, length), jnp.float32) if cfg.diffu_grpo.beta else None
+        return steps.diffu_grads.lower(setup.trainable, setup.frozen, batch, abstract_key(mesh), old, ref, **static)
+    keep = None
+    if cfg.rollout.top_k or cfg.rollout.top_p < 1.0:
+        keep = TruncationRecord(bits=arr((b, length, -(-mc.embedding_size // 8)), jnp.uint8),
+                                vocab_size=mc.embedding_size)
+    batch = agrpo.AGRPOBatch(prompt_ids=ids, prompt_mask=mask, completion_ids=completion,
+                             unmask_step=arr((b, length), jnp.int32), old_logp=arr((b, length), jnp.float32),
+                             entropy=arr((b, length), jnp.float32), advantages=advantages, keep=keep)
+    ref = setup.base if cfg.agrpo.beta else None
+    return steps.agrpo_grads.lower(setup.trainable, setup.frozen, ref, batch, abstract_key(mesh), **static)
+
+
+def lower_update(setup: Setup):
+    """The optimizer update; the optimizer state takes the shardings `tx.init` gives it on the trainable params,
+    as in the trainer (constants such as the step count, which jit leaves off the mesh, replicated)."""
+    from dllm_rl.rl import steps
+    from dllm_rl.rl.optimizer import make_optimizer
+
+    tx, _ = make_optimizer(setup.cfg.train)
+    init = jax.jit(tx.init).lower(setup.trainable).compile()
+    on_mesh = lambda s: s if set(s.device_set) == set(setup.mesh.devices.flat) else mesh_lib.replicated(setup.mesh)  # noqa: E731
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_mesh(s)),
+                             jax.eval_shape(tx.init, setup.trainable), init.output_shardings)
+    return steps.apply_update.lower(setup.trainable, opt_state, setup.trainable, tx=tx)
+
+
+def lower_program(setup: Setup, name: str):
+    from dllm_rl.rl.evaluate import greedy
+
+    cfg = setup.cfg
+    if name == "rollout":
+        return lower_sampler(setup, cfg.rollout, rollout_rows(setup))
+    if name == "eval":
+        return lower_sampler(setup, cfg.eval_sampler or greedy(cfg.rollout), cfg.train.eval_batch_size)
+    return {"loss": lower_loss, "update": lower_update}[name](setup)
+
+
+def compile_program(setup: Setup, name: str, topology: str, hbm: int) -> tuple[dict, str]:
+    """(result row, compiled HLO text) of one program."""
+    t0 = time.perf_counter()
+    compiled = lower_program(setup, name).compile()
+    seconds = time.perf_counter() - t0
+    mem = per_chip_bytes(compiled)
+    hlo = compiled.as_text()
+    row = {"program": name, "topology": topology, "mesh": dict(setup.mesh.shape),
+           "per_chip_bytes": mem["per_chip_bytes"], "chip_hbm_bytes": hbm, "fits": mem["per_chip_bytes"] <= hbm,
+           "compile_seconds": round(seconds, 1), **{k: v for k, v in mem.items() if k != "per_chip_bytes"},
+           "param_bytes_per_chip": sharded_bytes(setup.base)}
+    if name in ("rollout", "eval"):
+        row["vocab_sorts"] = len(vocab_sorts(hlo, setup.model_config.embedding_size))
+    return row, hlo
+
+
+def model_config_for(cfg, fallback: str) -> llada.LLaDAConfig:
+    """The checkpoint's config.json when the gin's model source exists here, else `fallback`'s."""
+    for field in ("ckpt_dir", "hf_dir", "init_config"):
+        path = cfg.model.path(field) if getattr(cfg.model, field) else None
+        if path and os.path.exists(path if field == "init_config" else os.path.join(path, "config.json")):
+            return llada.LLaDAConfig.from_hf_config(path)
+    return llada.LLaDAConfig.from_hf_config(fallback)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x4")
+    p.add_argument("--gin", action="append", required=True, help="gin config file (repeatable)")
+    p.add_argument("--gin_binding", action="append", default=[], help="extra binding, e.g. 'experiment.lora=None'")
+    p.add_argument("--mesh", default=None, help="override MeshConfig.shape, e.g. data=1,fsdp=8,tensor=1")
+    p.add_argument("--model_config", default=str(LLADA_8B_META_DIR / "config.json"),
+                   help="model config.json when the gin's checkpoint does not exist here (default: LLaDA-8B)")
+    p.add_argument("--programs", default=",".join(PROGRAMS), help=f"comma-separated subset of {PROGRAMS}")
+    p.add_argument("--hlo_dir", default=None, help="write each program's compiled HLO text here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    from experiments.run import parse_config
+
+    args = parse_args(argv)
+    cfg = parse_config(args.gin, args.gin_binding)
+    if args.mesh:
+        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, shape=parse_mesh(args.mesh)))
+    devices = topology_devices(args.topology)
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
+    setup = make_setup(cfg, model_config_for(cfg, args.model_config), mesh)
+    rows = []
+    for name in args.programs.split(","):
+        row, hlo = compile_program(setup, name, args.topology, device_hbm_bytes(args.topology, devices))
+        if args.hlo_dir:
+            os.makedirs(args.hlo_dir, exist_ok=True)
+            with open(os.path.join(args.hlo_dir, f"{name}.hlo.txt"), "w", encoding="utf-8") as f:
+                f.write(hlo)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if all(r["fits"] for r in main()) else 1)
