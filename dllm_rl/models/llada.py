@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_rl.models import tpu_attention
+
 Params = dict[str, Any]
 
 # HF config keys whose values this port supports only in one setting: key -> (allowed value, why).
@@ -230,6 +232,8 @@ def apply_rope(x_BxTxHxHd: jax.Array, sin_TxHd: jax.Array, cos_TxHd: jax.Array) 
 def _attention(q_BxTxHxHd, k_BxSxHkxHd, v_BxSxHkxHd, key_mask_BxS, implementation):
     """Bidirectional softmax attention; GQA kv head j serves query heads j*Hg .. j*Hg+Hg-1."""
     h, hk = q_BxTxHxHd.shape[2], k_BxSxHkxHd.shape[2]
+    if implementation in tpu_attention.IMPLEMENTATIONS:
+        return tpu_attention.splash_attention(q_BxTxHxHd, k_BxSxHkxHd, v_BxSxHkxHd, key_mask_BxS, implementation)
     if implementation is not None:
         bias = None if key_mask_BxS is None else _key_bias(key_mask_BxS, q_BxTxHxHd.dtype)[:, None, None, :]
         return jax.nn.dot_product_attention(q_BxTxHxHd, k_BxSxHkxHd, v_BxSxHkxHd, bias=bias,
@@ -322,7 +326,8 @@ def hidden_states(config: LLaDAConfig, params: Params, input_ids_BxT: jax.Array,
     """Final hidden states ln_f(x) [B, T, D]; with return_all also the HF `output_hidden_states` tuple.
 
     compute_dtype defaults to the embedding dtype. `remat` names a policy in REMAT_POLICIES (checkpointing
-    each layer for training). `attention_impl` is passed to `jax.nn.dot_product_attention` ("cudnn" on GPU);
+    each layer for training). `attention_impl` is passed to `jax.nn.dot_product_attention` ("cudnn" on GPU),
+    or is "splash" for the Pallas TPU kernel (`models.tpu_attention`; "splash_interpret" on CPU);
     None uses the plain einsum path (float32 scores).
     """
     x_BxTxD = _embed(params, input_ids_BxT, compute_dtype)
