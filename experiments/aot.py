@@ -9,8 +9,9 @@ keeps JAX_PLATFORMS=cpu. Every input is an abstract `jax.ShapeDtypeStruct` with 
 step runs, at the config's shapes: the recorded rollout (`sampling.generate`), the loss gradients of one
 micro-batch (`rl.steps.agrpo_grads` or `rl.steps.diffu_grads`), the optimizer update (`rl.steps.apply_update`)
 and the eval sampler. One JSON line per program: per-chip bytes = arguments + temporaries + outputs - aliased
-(`compiled.memory_analysis()`, exact for the compiled program), against the chip's HBM. Exit status 1 when a
-program does not fit. The model is the checkpoint's config.json when the gin points at one that exists here,
+(`compiled.memory_analysis()`, exact for the compiled program); it fits when that plus the training state
+that stays resident meanwhile (`resident_bytes`) is within the device's HBM. Exit status 1 when a program does
+not fit. The model is the checkpoint's config.json when the gin points at one that exists here,
 else `--model_config` (default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body
 once.
 """
@@ -188,18 +189,41 @@ def lower_loss(setup: Setup):
     return steps.agrpo_grads.lower(setup.trainable, setup.frozen, ref, batch, abstract_key(mesh), **static)
 
 
-def lower_update(setup: Setup):
-    """The optimizer update; the optimizer state takes the shardings `tx.init` gives it on the trainable params,
-    as in the trainer (constants such as the step count, which jit leaves off the mesh, replicated)."""
-    from dllm_rl.rl import steps
+def abstract_opt_state(setup: Setup):
+    """(optax transformation, abstract optimizer state): every subtree shaped like the trainable params (Adam's
+    moments) takes their shardings, as `tx.init` on the placed params gives eagerly; scalars are replicated."""
     from dllm_rl.rl.optimizer import make_optimizer
 
     tx, _ = make_optimizer(setup.cfg.train)
-    init = jax.jit(tx.init).lower(setup.trainable).compile()
-    on_mesh = lambda s: s if set(s.device_set) == set(setup.mesh.devices.flat) else mesh_lib.replicated(setup.mesh)  # noqa: E731
-    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_mesh(s)),
-                             jax.eval_shape(tx.init, setup.trainable), init.output_shardings)
+    treedef = jax.tree.structure(setup.trainable)
+    like = lambda node: jax.tree.map(lambda x, t: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=t.sharding),  # noqa: E731
+                                     node, setup.trainable)
+    state = jax.tree.map(lambda n: like(n) if jax.tree.structure(n) == treedef else n,
+                         jax.eval_shape(tx.init, setup.trainable), is_leaf=lambda n: jax.tree.structure(n) == treedef)
+    replicate = lambda x: x if x.sharding is not None else jax.ShapeDtypeStruct(  # noqa: E731
+        x.shape, x.dtype, sharding=mesh_lib.replicated(setup.mesh))
+    return tx, jax.tree.map(replicate, state)
+
+
+def lower_update(setup: Setup):
+    """The optimizer update (gradients shaped and sharded like the trainable params)."""
+    from dllm_rl.rl import steps
+
+    tx, opt_state = abstract_opt_state(setup)
     return steps.apply_update.lower(setup.trainable, opt_state, setup.trainable, tx=tx)
+
+
+def resident_bytes(setup: Setup, name: str) -> int:
+    """Per-device bytes of the training state that stay in HBM while `name` runs without being its arguments:
+    the optimizer state outside the update; the frozen base during the update; during sampling the whole
+    training state, since the sampler reads a merged copy (LoRA) or the trainable params themselves (full FT)."""
+    opt = sharded_bytes(abstract_opt_state(setup)[1])
+    frozen = 0 if setup.frozen is None else sharded_bytes(setup.frozen)
+    if name == "loss":
+        return opt
+    if name == "update":
+        return frozen
+    return opt + frozen + (sharded_bytes(setup.trainable) if setup.frozen is not None else 0)
 
 
 def lower_program(setup: Setup, name: str):
@@ -220,9 +244,11 @@ def compile_program(setup: Setup, name: str, topology: str, hbm: int) -> tuple[d
     seconds = time.perf_counter() - t0
     mem = per_chip_bytes(compiled)
     hlo = compiled.as_text()
+    resident = resident_bytes(setup, name)
     row = {"program": name, "topology": topology, "mesh": dict(setup.mesh.shape),
-           "per_chip_bytes": mem["per_chip_bytes"], "chip_hbm_bytes": hbm, "fits": mem["per_chip_bytes"] <= hbm,
-           "compile_seconds": round(seconds, 1), **{k: v for k, v in mem.items() if k != "per_chip_bytes"},
+           "per_chip_bytes": mem["per_chip_bytes"], "chip_hbm_bytes": hbm,
+           "fits": mem["per_chip_bytes"] + resident <= hbm, "compile_seconds": round(seconds, 1),
+           **{k: v for k, v in mem.items() if k != "per_chip_bytes"}, "resident_bytes": resident,
            "param_bytes_per_chip": sharded_bytes(setup.base)}
     if name in ("rollout", "eval"):
         row["vocab_sorts"] = len(vocab_sorts(hlo, setup.model_config.embedding_size))

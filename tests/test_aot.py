@@ -1,6 +1,7 @@
 """experiments.aot: a training step's programs compiled by libtpu for a TPU topology, on the tiny demo model."""
 import json
 
+import jax
 import pytest
 
 from experiments import aot
@@ -33,11 +34,32 @@ def test_device_hbm_splits_a_chip_over_its_devices():
     assert aot.device_hbm_bytes("v4:2x2x1", [_Device("TPU v4")] * 8) == 16 * aot.GIB  # two cores per chip
 
 
-def test_demo_config_compiles_for_a_tpu_topology(capsys):
+def _need_libtpu():
     try:
         import libtpu  # noqa: F401
     except ImportError as e:
         pytest.skip(f"libtpu cannot be imported: {e}")
+
+
+def test_optimizer_state_takes_the_trainable_shardings():
+    _need_libtpu()
+    from dllm_rl.parallel import mesh as mesh_lib
+    from experiments.run import parse_config
+
+    cfg = parse_config(["experiments/configs/demo.gin"], [])
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, devices=aot.topology_devices("v5e:2x4"))
+    setup = aot.make_setup(cfg, aot.model_config_for(cfg, "unused"), mesh)
+    _, opt_state = aot.abstract_opt_state(setup)
+    adam = opt_state[1][0]
+    want = jax.tree.map(lambda x: x.sharding, setup.trainable)
+    assert jax.tree.map(lambda x: x.sharding, adam.mu) == want == jax.tree.map(lambda x: x.sharding, adam.nu)
+    assert adam.count.sharding == mesh_lib.replicated(mesh)
+    # full fine-tuning: while the loss runs, the optimizer state stays resident besides its arguments
+    assert aot.resident_bytes(setup, "loss") == aot.sharded_bytes(opt_state) > 0
+
+
+def test_demo_config_compiles_for_a_tpu_topology(capsys):
+    _need_libtpu()
     rows = aot.main(["--topology", "v5e:2x4", "--gin", "experiments/configs/demo.gin",
                      "--mesh", "data=2,fsdp=4,tensor=1", "--programs", "rollout,loss,update"])
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -47,6 +69,7 @@ def test_demo_config_compiles_for_a_tpu_topology(capsys):
         assert r["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
         assert r["chip_hbm_bytes"] == 16 * aot.GIB and r["fits"]
         assert 0 < r["per_chip_bytes"] == r["argument_bytes"] + r["temp_bytes"] + r["output_bytes"] - r["alias_bytes"]
+        assert r["resident_bytes"] >= 0
     assert rows[0]["vocab_sorts"] == 0
     # the update donates params and optimizer state: their buffers are reused for the outputs
     assert rows[2]["alias_bytes"] > 0
