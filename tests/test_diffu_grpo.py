@@ -1,19 +1,24 @@
 """diffu-GRPO: prompt masking, completion mask, and the loss against a float64 NumPy reference of d1's estimator."""
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.checkpoint.hf import load_hf, to_hf_tensors
+from dllm_rl.export.peft import index_module_names, lora_module_names, peft_adapted
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, init_lora
 from dllm_rl.rl import diffu_grpo as dg
 from tests.helpers import objective_numpy
+from experiments.run import parse_config
 from tests.helpers.hf_params import load_prefixed
 
 MASK, EOS = 156, 150  # the tiny model's ids
+CONFIGS = pathlib.Path(__file__).parent.parent / "experiments" / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +227,46 @@ def test_d1_golden_logps_losses_and_gradients(case, d1_golden, d1_params, tiny):
         errors = {name: rel_err(x, g[prefix + name]) for name, x in ours.items()}
         worst = max(errors, key=errors.get)
         assert errors[worst] < 1e-5, (i, worst, errors[worst])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# d1's run: mask order, metrics, configs
+
+def test_mask_index_default_and_d1_order():
+    config = dg.DiffuGRPOConfig(num_iterations=12)
+    assert [dg.mask_index(g, m, config) for g in range(12) for m in range(2)] == [g for g in range(12) for _ in "ab"]
+    # d1 (step counter incremented before the loss): micro-batch m of inner update g uses (2g + m + 1) mod μ.
+    d1 = dg.DiffuGRPOConfig(num_iterations=12, d1_accumulation_steps=2)
+    for m in range(16):  # 8 devices x 2 accumulation steps: every device's step a = m mod 2 uses the same mask
+        used = [dg.mask_index(g, m, d1) for g in range(12)]
+        assert used == [(2 * g + m % 2 + 1) % 12 for g in range(12)]
+        assert len(set(used)) == 6 and all(used.count(j) == 2 and j % 2 == (m + 1) % 2 for j in used)
+    with pytest.raises(ValueError, match="d1_accumulation_steps"):
+        dg.DiffuGRPOConfig(d1_accumulation_steps=0)
+
+
+def test_clip_metrics_follow_d1_definitions():
+    """clip_ratio (d1's): ρA < clip(ρ)A; clip_fraction (ours): the clipped term is the smaller one."""
+    ratio = np.array([[0.5, 0.9, 1.5, 1.5, 0.5, 1.0]])
+    adv = jnp.asarray([1.0])
+    lp = jnp.asarray(np.log(ratio), jnp.float32)
+    mask = jnp.asarray([[True] * 5 + [False]])
+    _, m = dg.grpo_token_loss(lp, jnp.zeros_like(lp), None, adv, mask, 0.2, 0.0)
+    assert float(m["clip_ratio"]) == pytest.approx(2 / 5)  # ρ = 0.5 (twice) below the range with A > 0
+    assert float(m["clip_fraction"]) == pytest.approx(2 / 5)  # ρ = 1.5 (twice) above it
+
+
+def test_d1_configs_reproduce_d1s_run():
+    """The *_d1.gin settings are d1's: PEFT's matching of d1's target_modules on LLaDA-8B's real module names
+    (only q, k, v and up_proj exist), LoRA dropout, AdamW weight decay, truncation, μ and the loss settings."""
+    d1_list = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "gate_proj", "up_proj"]  # d1's target_modules
+    llada_8b = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR / "config.json")
+    for task in ("gsm8k", "math", "countdown", "sudoku"):
+        cfg = parse_config([str(CONFIGS / f"{task}_d1.gin")], [])
+        d1, lora, train = cfg.diffu_grpo, cfg.lora, cfg.train
+        assert lora_module_names(lora, llada_8b) == peft_adapted(d1_list, index_module_names())
+        assert (lora.dropout, train.weight_decay, train.max_grad_norm, train.learning_rate) == (0.05, 0.1, 0.2, 3e-6)
+        assert d1.prompt_keep_last == train.max_prompt_length == 200 and d1.d1_accumulation_steps == 2
+        assert (d1.epsilon, d1.beta, d1.p_mask_prompt, d1.num_generations) == (0.5, 0.04, 0.15, 6)
+        assert d1.num_iterations == (8 if task == "sudoku" else 12)
+        assert (cfg.rollout.gen_length, cfg.rollout.block_length, cfg.rollout.steps) == (256, 32, 128)
