@@ -244,10 +244,12 @@ class Trainer:
         return trainable, opt_state, [info for _, info in micro], [grad_norm]
 
     def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key):
-        """μ = num_iterations optimizer updates on the same rollouts, as d1; logs d1's `clip_ratio` beside ours."""
+        """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (d1's `clip_ratio`
+        beside ours) are means over the μ updates, as d1's logger averages the calls between two logs."""
         prep_key, dropout_key = jax.random.split(key)
         prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, prep_key)
         infos, grad_norms, cfg = [p[-1] for p in prepared], [], self.cfg.diffu_grpo
+        logged = [[] for _ in prepared]
         t0 = time.perf_counter()
         for it in range(cfg.num_iterations):
             micro_grads = []
@@ -258,11 +260,13 @@ class Trainer:
                     jax.random.fold_in(dropout_key, it * len(prepared) + m), model_config=self.model_config,
                     config=cfg, lora_config=self.cfg.lora)
                 micro_grads.append(grads)
-                info.update(loss=float(loss), **{k: float(v) for k, v in metrics.items()
-                                                 if k in ("clip_fraction", "clip_ratio", "kl")})
+                logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items()
+                                                    if k in ("clip_fraction", "clip_ratio", "kl")}))
             grads = jax.tree.map(lambda *g: sum(g) / len(prepared), *micro_grads)
             trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
             grad_norms.append(grad_norm)
+        for info, rows in zip(infos, logged):
+            info.update({k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]})
         infos[0]["loss_seconds"] = time.perf_counter() - t0
         return trainable, opt_state, infos, grad_norms
 
