@@ -154,17 +154,17 @@ class Trainer:
 
     # ---- one RL step -----------------------------------------------------------------------------------------
 
-    def _rollout(self, trainable, frozen, examples, key, record: bool = True, keep_last: int | None = None):
+    def _rollout(self, trainable, frozen, examples, key, sampler=None, keep_last: int | None = None):
         """Placed prompt ids and mask (G rows per prompt), the device rollout, advantages and metrics.
 
-        record=False samples with LLaDA's semantics (d1's rollouts); keep_last left-truncates the prompts."""
+        `sampler` replaces the configured rollout sampler (d1's LLaDA semantics); keep_last left-truncates prompts."""
         ids, mask = self._encode(examples, keep_last)
         ids = self.place_batch(np.repeat(ids, self.group, axis=0))
         mask = self.place_batch(np.repeat(mask, self.group, axis=0))
         params = steps.sampling_params(trainable, frozen, self.cfg.lora)
         start = time.perf_counter()
-        rollout = generate(self.model_config, params, ids, attention_mask=mask, rng=key, mesh=self.mesh,
-                           **{**dataclasses.asdict(self.cfg.rollout), "record": record})
+        rollout = generate(self.model_config, params, ids, sampler or self.cfg.rollout, attention_mask=mask, rng=key,
+                           mesh=self.mesh)
         completion = np.asarray(rollout.tokens)[:, ids.shape[1]:]
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(completion)
@@ -214,9 +214,10 @@ class Trainer:
         """
         cfg, out = self.cfg.diffu_grpo, []
         kw = dict(model_config=self.model_config, config=cfg)
+        llada_sampler = dataclasses.replace(self.cfg.rollout, record=False, early_stop=False)
         for i, examples in enumerate(examples_per_micro):
             roll_key, mask_key = jax.random.split(jax.random.fold_in(key, i))
-            ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key, record=False,
+            ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key, llada_sampler,
                                                                  keep_last=cfg.prompt_keep_last)
             completion = rollout.tokens[:, ids.shape[1]:]
             batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion,
