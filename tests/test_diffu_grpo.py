@@ -1,4 +1,6 @@
-"""diffu-GRPO: prompt masking, completion mask, and the loss against a float64 NumPy reference of d1's estimator."""
+"""diffu-GRPO: prompt masking, completion mask, the loss against a float64 NumPy reference of d1's estimator, d1's
+own loss code (golden log-probs, losses, metrics and gradients with d1's masks replayed), d1's mask order and the
+d1 configs."""
 import functools
 import pathlib
 
@@ -13,8 +15,8 @@ from dllm_rl.export.peft import index_module_names, lora_module_names, peft_adap
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, init_lora
 from dllm_rl.rl import diffu_grpo as dg
-from tests.helpers import objective_numpy
 from experiments.run import parse_config
+from tests.helpers import objective_numpy
 from tests.helpers.hf_params import load_prefixed
 
 MASK, EOS = 156, 150  # the tiny model's ids
@@ -27,6 +29,7 @@ def tiny(tiny_dir):
 
 
 def rel_err(a, b):
+    """‖a − b‖ / ‖b‖ in float64."""
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
