@@ -1,5 +1,6 @@
 """Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard, and plots.
 
+In a multi-host run only process 0's writer is `active`; the others' writes only return the row.
 On resume, `MetricsWriter(workdir, resume_step=k)` drops rows logged after step k (they belong to the run that
 was interrupted and will be logged again), so the file always reads as one uninterrupted run.
 """
@@ -42,7 +43,11 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 class MetricsWriter:
     """Appends metric rows to JSONL and TensorBoard; keeps the JSONL consistent across resumes."""
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True,
+                 active: bool = True):
+        self.active = active
+        if not active:
+            return
         self.workdir = os.fspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.path = os.path.join(self.workdir, METRICS_FILE)
@@ -61,6 +66,8 @@ class MetricsWriter:
     def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
         row = {"step": int(step)}
         row.update({k: _to_python(v) for k, v in scalars.items()})
+        if not self.active:
+            return row
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -72,6 +79,8 @@ class MetricsWriter:
         return row
 
     def close(self) -> None:
+        if not self.active:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()

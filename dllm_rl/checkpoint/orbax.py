@@ -90,11 +90,14 @@ def restore_params(directory: str | os.PathLike, target: Any, step: int | None =
 
 def write_model_dir(out_dir: str | os.PathLike, config_json: dict, leaves: Iterable[tuple[str, Any]]) -> None:
     """Writes a model folder from a stream of (item name, array): `config.json` (HF keys) + `params/`."""
-    out_dir = os.fspath(out_dir)
+    _write_config(out_dir, config_json)
+    save_params_streaming(os.path.join(os.fspath(out_dir), PARAMS_DIR), leaves)
+
+
+def _write_config(out_dir: str | os.PathLike, config_json: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(os.fspath(out_dir), "config.json"), "w", encoding="utf-8") as f:
         json.dump(config_json, f, indent=2)
-    save_params_streaming(os.path.join(out_dir, PARAMS_DIR), leaves)
 
 
 def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
@@ -109,7 +112,13 @@ def save_orbax(out_dir: str | os.PathLike, config: LLaDAConfig | dict, params: A
     """Writes a model folder loadable by `load_orbax` from in-memory params. Not atomic by itself (callers write
     into `dllm_rl.atomic.atomic_directory`)."""
     config_json = config if isinstance(config, dict) else config.to_hf_dict()
-    write_model_dir(out_dir, config_json, zip(leaf_names(params), (np.asarray(x) for x in jax.tree.leaves(params))))
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params)):
+        write_model_dir(out_dir, config_json, zip(leaf_names(params), (np.asarray(x) for x in jax.tree.leaves(params))))
+        return
+    # Params spread over several processes: every process calls this and writes its own shards (same layout).
+    if jax.process_index() == 0:
+        _write_config(out_dir, config_json)
+    save_params(os.path.join(os.fspath(out_dir), PARAMS_DIR), params)
 
 
 def load_orbax(ckpt_dir: str | os.PathLike, dtype: Any = None, shardings: Any = None) -> tuple[LLaDAConfig, Any]:

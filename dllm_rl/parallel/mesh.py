@@ -81,7 +81,7 @@ def make_mesh(spec: Mapping[str, int] | MeshConfig | None = None,
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES, mesh: Mesh | None = None) -> P:
-    """PartitionSpec for one array; a mesh axis is used at most once, and size-1 axes are dropped."""
+    """PartitionSpec for one array; a mesh axis is used at most once, size-1 axes and trailing Nones are dropped."""
     table = dict(rules)
     used: set[str] = set()
     out = []
@@ -93,6 +93,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES, mes
         kept = tuple(a for a in targets if a not in used and (mesh is None or mesh.shape[a] > 1))
         used.update(kept)
         out.append(None if not kept else kept[0] if len(kept) == 1 else kept)
+    while out and out[-1] is None:  # the canonical form jitted programs return: equal inputs hit one compile
+        out.pop()
     return P(*out)
 
 
@@ -135,3 +137,13 @@ def check_divisible(shapes: Any, shardings: Any, what: str = "parameter") -> Non
                 raise ValueError(f"{what} {jax.tree_util.keystr(path)} dimension {dim} is not divisible by "
                                  f"mesh axes {axes} (size {size}); change MeshConfig.shape or MeshConfig.rules")
     jax.tree_util.tree_map_with_path(check, shapes, shardings, is_leaf=lambda s: isinstance(s, tuple))
+
+
+def replicate_off_mesh(tree: Any, mesh: Mesh) -> Any:
+    """Leaves not laid out on `mesh` (e.g. the optimizer's step counters, made on one device by `tx.init`) become
+    global arrays replicated over it, as multi-process programs and checkpoints need; the rest are unchanged."""
+    def place(x):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x))
+    return jax.tree.map(place, tree)
