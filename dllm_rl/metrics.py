@@ -1,17 +1,21 @@
 """Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard, and plots.
 
-In a multi-host run only process 0's writer is `active`; the others' writes only return the row.
+In a multi-host run only process 0's writer is `active`; the others' writes only return the row. The workdir may be
+local or gs:// (etils `epath`); object stores cannot append, so there the (small) file is rewritten per row.
 On resume, `MetricsWriter(workdir, resume_step=k)` drops rows logged after step k (they belong to the run that
 was interrupted and will be logged again), so the file always reads as one uninterrupted run.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from dllm_rl import paths
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -27,11 +31,11 @@ def _to_python(value: Any) -> Any:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """All rows of `workdir/metrics.jsonl` (an empty list when there is none); a torn last line is skipped."""
-    path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    if not os.path.exists(path):
+    path = paths.absolute(workdir) / METRICS_FILE
+    if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8") as f:
         for line in f:
             try:
                 rows.append(json.loads(line))
@@ -49,14 +53,12 @@ class MetricsWriter:
         if not active:
             return
         self.workdir = os.fspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
-        self.path = os.path.join(self.workdir, METRICS_FILE)
+        self.path = paths.absolute(self.workdir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.workdir) if resume_step is not None and r.get("step", 0) <= resume_step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._lines = [json.dumps(r) + "\n" for r in kept]
+        _replace_bytes(self.path, "".join(self._lines).encode())
+        self._file = None if paths.is_remote(self.path) else open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -68,9 +70,13 @@ class MetricsWriter:
         row.update({k: _to_python(v) for k, v in scalars.items()})
         if not self.active:
             return row
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._file is None:
+            self._lines.append(json.dumps(row) + "\n")
+            _replace_bytes(self.path, "".join(self._lines).encode())
+        else:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -81,7 +87,8 @@ class MetricsWriter:
     def close(self) -> None:
         if not self.active:
             return
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -111,8 +118,16 @@ def plot_metrics(workdir: str | os.PathLike, keys: Iterable[str] = ("reward_mean
     ax.set_xlabel("step")
     ax.legend()
     ax.grid(alpha=0.3)
-    path = os.path.join(os.fspath(workdir), out_name)
-    fig.savefig(path + ".tmp.png", dpi=100, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-    return path
+    path = paths.absolute(workdir) / out_name
+    _replace_bytes(path, buffer.getvalue())
+    return os.fspath(path)
+
+
+def _replace_bytes(path, data: bytes) -> None:
+    """Writes `data` to a temporary sibling, then renames it onto `path` (readers never see a partial file)."""
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

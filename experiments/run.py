@@ -20,6 +20,7 @@ import sys
 
 import gin
 
+from dllm_rl import paths
 from dllm_rl.models.lora import LoRAConfig
 from dllm_rl.parallel import multihost
 from dllm_rl.parallel.mesh import MeshConfig
@@ -89,8 +90,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if multihost.is_primary():
-        with open(os.path.join(args.workdir, "operative_config.gin"), "w", encoding="utf-8") as f:
-            f.write(gin.operative_config_str())
+        (paths.absolute(args.workdir) / "operative_config.gin").write_text(gin.operative_config_str())
     rows = trainer.train(progress=not args.no_progress)
     evals = [r for r in rows if "eval_accuracy" in r]
     if evals:

@@ -81,7 +81,7 @@ def make_mesh(spec: Mapping[str, int] | MeshConfig | None = None,
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES, mesh: Mesh | None = None) -> P:
-    """PartitionSpec for one array; a mesh axis is used at most once, size-1 axes and trailing Nones are dropped."""
+    """PartitionSpec for one array; a mesh axis is used at most once, and size-1 axes are dropped."""
     table = dict(rules)
     used: set[str] = set()
     out = []
@@ -93,8 +93,6 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES, mes
         kept = tuple(a for a in targets if a not in used and (mesh is None or mesh.shape[a] > 1))
         used.update(kept)
         out.append(None if not kept else kept[0] if len(kept) == 1 else kept)
-    while out and out[-1] is None:  # the canonical form jitted programs return: equal inputs hit one compile
-        out.pop()
     return P(*out)
 
 

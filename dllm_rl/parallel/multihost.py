@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from typing import Iterator, Mapping
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from dllm_rl import paths
 
 # Set on the VMs of a multi-host Cloud TPU slice (comma-separated worker names); one name means a single host.
 TPU_HOSTS_ENV = "TPU_WORKER_HOSTNAMES"
@@ -94,17 +95,19 @@ def gather_rows(rows: np.ndarray, row_slice: slice, num_rows: int) -> np.ndarray
 
 @contextlib.contextmanager
 def shared_directory(out_dir: str) -> Iterator[str]:
-    """Like `dllm_rl.atomic.atomic_directory`, for a folder all processes write into together: one
-    deterministic temporary sibling, created and finally renamed onto `out_dir` by process 0 between barriers."""
-    parent, name = os.path.split(os.path.abspath(out_dir))
-    tmp_dir = os.path.join(parent, f".{name}.tmp-shared")
+    """Like `dllm_rl.atomic.atomic_directory`, for a folder all processes write into together (local or gs://):
+    one deterministic temporary sibling, made and finally renamed onto `out_dir` by process 0 between barriers."""
+    out_path = paths.absolute(out_dir)
+    tmp_path = out_path.parent / f".{out_path.name}.tmp-shared"
     if is_primary():
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        os.makedirs(tmp_dir)
-    sync(f"create {tmp_dir}")
-    yield tmp_dir
-    sync(f"written {tmp_dir}")
+        if tmp_path.exists():
+            tmp_path.rmtree()
+        tmp_path.mkdir(parents=True)
+    sync(f"create {tmp_path}")
+    yield os.fspath(tmp_path)
+    sync(f"written {tmp_path}")
     if is_primary():
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp_dir, out_dir)
-    sync(f"renamed {tmp_dir}")
+        if out_path.exists():
+            out_path.rmtree()
+        tmp_path.rename(out_path)
+    sync(f"renamed {tmp_path}")

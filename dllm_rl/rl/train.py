@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from dllm_rl import metrics as metrics_lib
+from dllm_rl import metrics as metrics_lib, paths
 from dllm_rl.atomic import atomic_directory
 from dllm_rl.checkpoint import copy_side_files, save_orbax
 from dllm_rl.models import llada, lora as lora_lib
@@ -50,8 +50,8 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.train_cfg = cfg.train
-        self.workdir = os.fspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        self.workdir = os.fspath(workdir)  # local or gs://
+        paths.absolute(self.workdir).mkdir(parents=True, exist_ok=True)
         self.task = get_task(cfg.train.task)
         self.tokenizer = Tokenizer.from_dir(cfg.model.tokenizer_path)
         self.mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -342,7 +342,7 @@ class Trainer:
     def export(self, params, out_dir: str) -> None:
         """Writes the policy (LoRA merged) as a model folder that `load_model(ckpt_dir=...)` and
         `experiments.eval --ckpt_dir` read: config.json, params/ and the tokenizer files, atomically."""
-        if jax.process_count() > 1:  # every process writes its shards; process 0 the config and tokenizer
+        if jax.process_count() > 1 or paths.is_remote(out_dir):  # each process writes its own shards
             with multihost.shared_directory(out_dir) as tmp_dir:
                 save_orbax(tmp_dir, self.model_config, params)
                 if multihost.is_primary():
