@@ -96,6 +96,9 @@ class Trainer:
             sizes["SFT batch"] = tc.sft_batch_size
         for what, rows in sizes.items():
             _as_train_error(mesh_lib.check_divisible, (rows,), mesh_lib.batch_sharding(self.mesh, 1, self.rules), what)
+        if jax.process_count() > 1 and tc.eval_every:
+            raise TrainError("in-training evaluation reads whole rollouts on one host and does not run multi-host yet; "
+                             "set TrainConfig.eval_every = 0 and evaluate final_model with experiments.eval")
 
     def _check_tokenizer(self) -> None:
         tok, cfg = self.tokenizer, self.model_config
@@ -168,7 +171,8 @@ class Trainer:
         # The sampler checks prompts on the host and places them on the mesh itself: give it the host arrays.
         rollout = generate(self.model_config, params, host_ids, attention_mask=host_mask, rng=key, mesh=self.mesh,
                            **dataclasses.asdict(self.cfg.rollout))
-        rows, sharding = multihost.local_rows(ids.sharding, ids.shape[0]), ids.sharding
+        sharding = ids.sharding
+        rows = multihost.local_rows(sharding, ids.shape[0])
         completion = multihost.host_rows(rollout.tokens, sharding)[:, ids.shape[1]:]
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(completion)  # this process's rows only
