@@ -109,13 +109,14 @@ def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> N
 
 
 def save_orbax(out_dir: str | os.PathLike, config: LLaDAConfig | dict, params: Any) -> None:
-    """Writes a model folder loadable by `load_orbax` from in-memory params. Not atomic by itself (callers write
-    into `dllm_rl.atomic.atomic_directory`)."""
+    """Writes a model folder loadable by `load_orbax` from in-memory params (local or gs://). Not atomic by itself
+    (callers write into `dllm_rl.atomic.atomic_directory`). Params spread over several processes are written by
+    all of them together: every process must call it."""
     config_json = config if isinstance(config, dict) else config.to_hf_dict()
     if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params)):
         write_model_dir(out_dir, config_json, zip(leaf_names(params), (np.asarray(x) for x in jax.tree.leaves(params))))
         return
-    # Params spread over several processes: every process calls this and writes its own shards (same layout).
+    # Each process writes its own shards through one Orbax manager (the same on-disk layout).
     if jax.process_index() == 0:
         _write_config(out_dir, config_json)
     save_params(paths.absolute(out_dir) / PARAMS_DIR, params)
