@@ -4,7 +4,8 @@
 rollout/loss log-prob mismatch, completion length, throughput) plus `overview.png` with all of them under
 `workdir/plots`; keys a run did not log are skipped. `trajectory_figure(rollout, tokenizer, row)` draws which
 generated position was committed at which sampler step and the tokens filling in; the quickstart notebook and
-`experiments.eval --trajectories` both use it. Figures are drawn with matplotlib's Agg backend (no display).
+`experiments.eval --trajectories` both use it. Figures are `matplotlib.figure.Figure` objects made without
+pyplot: no global figure state and no backend switch, so they behave the same in a script and in a notebook.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from dllm_rl.metrics import read_metrics
 
@@ -41,15 +43,6 @@ PANELS = (
 )
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of the rows that logged a number for `key`."""
     points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
@@ -76,17 +69,15 @@ def draw_panel(ax, rows: Sequence[dict], panel: Panel) -> None:
 
 
 def save_figure(fig, path: str) -> str:
-    """Writes `fig` to `path` atomically (a reader never sees half a PNG) and closes it."""
+    """Writes `fig` to `path` as PNG atomically (a reader never sees half a file)."""
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    _pyplot().close(fig)
     os.replace(tmp, path)
     return path
 
 
 def plot_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[str]:
     """PNGs of every panel with data, plus the overview, under `out_dir` (default `workdir/plots`); their paths."""
-    plt = _pyplot()
     rows = read_metrics(workdir)
     panels = [p for p in PANELS if panel_keys(rows, p)]
     if not panels:
@@ -95,12 +86,13 @@ def plot_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for panel in panels:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        draw_panel(ax, rows, panel)
+        fig = Figure(figsize=(6, 4))
+        draw_panel(fig.subplots(), rows, panel)
         paths.append(save_figure(fig, os.path.join(out_dir, f"{panel.name}.png")))
     cols = min(len(panels), 3)
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5 * cols, 3.6 * -(-len(panels) // cols)),
-                             squeeze=False)
+    rows_of_panels = -(-len(panels) // cols)
+    fig = Figure(figsize=(5 * cols, 3.6 * rows_of_panels))
+    axes = fig.subplots(rows_of_panels, cols, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         draw_panel(ax, rows, panel)
     for ax in list(axes.flat)[len(panels):]:
@@ -119,16 +111,17 @@ def trajectory_grid(unmask_step_L: np.ndarray, steps: int) -> np.ndarray:
 
 
 def trajectory_figure(rollout, tokenizer, row: int = 0, *, max_positions: int = 64, title: str | None = None):
-    """A matplotlib Figure of one completion's denoising: x = generated position, y = sampler step; a cell is
+    """A Figure of one completion's denoising: x = generated position, y = sampler step; a cell is
     coloured from the step its position was committed at (colour = that step), and the committed token is
     written where it appeared. Shows the first `max_positions` generated positions."""
-    plt = _pyplot()
     unmask_step_L = np.asarray(rollout.unmask_step)[row][:max_positions]
     length = unmask_step_L.shape[0]
     gen_length = np.asarray(rollout.unmask_step).shape[1]
     tokens_L = np.asarray(rollout.tokens)[row, -gen_length:][:length]
     steps = max(int(unmask_step_L.max()) + 1, 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.32 * length + 1.5), max(2.5, 0.28 * steps + 1.2)))
+    fig = Figure(figsize=(max(4.0, 0.32 * length + 1.5), max(2.5, 0.28 * steps + 1.2)))
+    ax = fig.subplots()
+    ax.set_facecolor("#e8e8e8")  # still masked
     image = ax.imshow(trajectory_grid(unmask_step_L, steps), aspect="auto", cmap="viridis", origin="upper",
                       vmin=0, vmax=max(steps - 1, 1), alpha=0.8)
     for position, (step, token) in enumerate(zip(unmask_step_L, tokens_L)):
