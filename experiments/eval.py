@@ -71,8 +71,8 @@ def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
     steps = int(round(length * steps_per_token))
     blocks = length // block_length
     if length % block_length or steps <= 0 or steps % blocks:
-        raise SamplerInputError(f"length {length}: needs length % block_length == 0 and steps ({steps}) divisible by "
-                         f"the {blocks} blocks; change --lengths, --block_length or --steps_per_token")
+        raise SamplerInputError(f"length {length}: needs length % block_length == 0 and steps ({steps}) divisible "
+                                f"by the {blocks} blocks; change --lengths, --block_length or --steps_per_token")
     return steps
 
 
@@ -136,11 +136,17 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_folders(args) -> None:
+    """A missing model or tokenizer folder is named before anything is loaded."""
+    for flag in ("hf_dir", "ckpt_dir", "tokenizer_dir"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, f"no such folder; check --{flag}", path)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    for flag in ("hf_dir", "ckpt_dir", "tokenizer_dir"):
-        if getattr(args, flag) is not None and not os.path.isdir(getattr(args, flag)):
-            raise FileNotFoundError(errno.ENOENT, f"no such folder; check --{flag}", getattr(args, flag))
+    check_folders(args)
     task_names = args.task.split(",")
     for name in task_names:
         get_task(name)  # fail fast on a typo or a bad length, before loading a model
