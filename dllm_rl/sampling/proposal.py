@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dllm_rl.models.logits import gather_tokens
 from dllm_rl.sampling import candidates as cand
 from dllm_rl.sampling import truncation as trunc
 from dllm_rl.sampling.gumbel import gumbel_noise
@@ -58,7 +59,7 @@ def propose_from(cands: cand.Candidates, sampler: SamplerConfig, gumbel_source, 
     """The proposal on one candidate list (its outputs do not depend on C)."""
     gumbel_BxNxC = None if sampler.temperature == 0 else candidate_gumbel(gumbel_source, cands, by_id)
     slot_BxN = best_slot(cands, gumbel_BxNxC, by_id)
-    x0_BxN = jnp.take_along_axis(cands.ids_BxNxC, slot_BxN[..., None], axis=-1)[..., 0]
+    x0_BxN = gather_tokens(cands.ids_BxNxC, slot_BxN)
     logp_BxN = ent_BxN = bits_BxNxVb = None
     if with_stats:  # the candidate list is the kept distribution's support: statistics over C entries
         logp_BxN, ent_BxN = trunc.logp_and_entropy(cands.values_BxNxC, cands.keep_BxNxC, slot_BxN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dllm_rl.models.logits import gather_tokens
 from dllm_rl.sampling.block_logits import set_neg_inf
 from dllm_rl.sampling.proposal import Proposal
 from dllm_rl.sampling.schedule import SamplerConfig
@@ -29,8 +30,7 @@ def llada_confidence(logits_BxNxV: jax.Array, x0_BxN: jax.Array, sampler: Sample
     if sampler.confidence_eos_eot_inf:
         ids = (sampler.eos_logit_id, sampler.eot_logit_id) if sampler.temperature == 0 else (sampler.eot_logit_id,)
         logits_BxNxV = set_neg_inf(logits_BxNxV, *ids)
-    p_BxNxV = jax.nn.softmax(logits_BxNxV, axis=-1)
-    return jnp.take_along_axis(p_BxNxV, x0_BxN[..., None], axis=-1)[..., 0]
+    return gather_tokens(jax.nn.softmax(logits_BxNxV, axis=-1), x0_BxN)
 
 
 def position_scores(sampler: SamplerConfig, logits_BxNxV: jax.Array, prop: Proposal,

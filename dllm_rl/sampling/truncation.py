@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from dllm_rl.models.logits import gather_tokens
 from dllm_rl.sampling import candidates as cand
 
 
@@ -47,8 +48,7 @@ def truncated_log_softmax(scaled_BxNxV: jax.Array, keep_BxNxV: jax.Array) -> jax
 
 def token_log_probs(scaled_BxNxV: jax.Array, keep_BxNxV: jax.Array, tokens_BxN: jax.Array) -> jax.Array:
     """log-prob [B, N] of `tokens` under the truncated distribution."""
-    logp_BxNxV = truncated_log_softmax(scaled_BxNxV, keep_BxNxV)
-    return jnp.take_along_axis(logp_BxNxV, tokens_BxN[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return gather_tokens(truncated_log_softmax(scaled_BxNxV, keep_BxNxV), tokens_BxN)
 
 
 def logp_and_entropy(scaled_BxNxV: jax.Array, keep_BxNxV: jax.Array,
@@ -56,8 +56,7 @@ def logp_and_entropy(scaled_BxNxV: jax.Array, keep_BxNxV: jax.Array,
     """(log-prob of `tokens`, entropy) [B, N] of the truncated distribution (float32)."""
     logp_BxNxV = truncated_log_softmax(scaled_BxNxV, keep_BxNxV)
     entropy_BxN = -jnp.sum(jnp.where(keep_BxNxV, jnp.exp(logp_BxNxV) * logp_BxNxV, 0.0), axis=-1)
-    logp_BxN = jnp.take_along_axis(logp_BxNxV, tokens_BxN[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return logp_BxN, entropy_BxN
+    return gather_tokens(logp_BxNxV, tokens_BxN), entropy_BxN
 
 
 @flax.struct.dataclass
