@@ -91,13 +91,13 @@ def top_k_list(scaled_BxNxV: jax.Array, top_k: int, top_p: float) -> tuple[Candi
 
     Not exact where the (k+1)-th value equals the k-th: top-k then keeps more than k tied tokens (and top-p's
     softmax normaliser includes them all)."""
-    values_BxNxK1, ids_BxNxK1 = two_round_top_k(scaled_BxNxV, top_k + 1)
-    values_BxNxK, ids_BxNxK = values_BxNxK1[..., :top_k], ids_BxNxK1[..., :top_k]
-    exact = jnp.all(values_BxNxK1[..., top_k] < values_BxNxK1[..., top_k - 1])
-    keep_BxNxK = jnp.ones(values_BxNxK.shape, bool)
+    values_BxNxC1, ids_BxNxC1 = two_round_top_k(scaled_BxNxV, top_k + 1)
+    values_BxNxC, ids_BxNxC = values_BxNxC1[..., :top_k], ids_BxNxC1[..., :top_k]
+    exact = jnp.all(values_BxNxC1[..., top_k] < values_BxNxC1[..., top_k - 1])
+    keep_BxNxC = jnp.ones(values_BxNxC.shape, bool)
     if top_p < 1.0:
-        keep_BxNxK = ~top_p_remove_sorted(values_BxNxK, top_p)
-    return Candidates(values_BxNxK, ids_BxNxK, keep_BxNxK), exact
+        keep_BxNxC = ~top_p_remove_sorted(values_BxNxC, top_p)
+    return Candidates(values_BxNxC, ids_BxNxC, keep_BxNxC), exact
 
 
 def with_candidates(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float, fn: Callable[[Candidates], object]):

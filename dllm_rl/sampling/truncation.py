@@ -77,9 +77,9 @@ def pack(keep_BxNxV: jax.Array) -> jax.Array:
     return jnp.packbits(keep_BxNxV, axis=-1, bitorder="little")
 
 
-def unpack(bits_BxNxW: jax.Array, vocab_size: int) -> jax.Array:
-    """uint8 [B, N, W] -> bool [B, N, vocab_size] (inverse of `pack`)."""
-    return jnp.unpackbits(bits_BxNxW, axis=-1, count=vocab_size, bitorder="little").astype(bool)
+def unpack(bits_BxNxVb: jax.Array, vocab_size: int) -> jax.Array:
+    """uint8 [B, N, Vb] -> bool [B, N, vocab_size] (inverse of `pack`)."""
+    return jnp.unpackbits(bits_BxNxVb, axis=-1, count=vocab_size, bitorder="little").astype(bool)
 
 
 def expand(record: TruncationRecord, positions_BxN: jax.Array | None = None) -> jax.Array:
