@@ -1,4 +1,4 @@
-"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard, and plots.
+"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard (plots: `dllm_rl.plots`).
 
 In a multi-host run only process 0's writer is `active`; the others' writes only return the row. The workdir may be
 local or gs:// (etils `epath`); object stores cannot append, so there the (small) file is rewritten per row.
@@ -7,11 +7,10 @@ was interrupted and will be logged again), so the file always reads as one unint
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -97,33 +96,6 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def plot_metrics(workdir: str | os.PathLike, keys: Iterable[str] = ("reward_mean", "eval_reward_mean"),
-                 out_name: str = "reward_curve.png") -> str | None:
-    """Plots the given keys against step into `workdir/out_name`; returns the path (None if nothing to plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(workdir)
-    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
-    if not keys:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
-    ax.set_xlabel("step")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    path = paths.absolute(workdir) / out_name
-    _replace_bytes(path, buffer.getvalue())
-    return os.fspath(path)
 
 
 def _replace_bytes(path, data: bytes) -> None:

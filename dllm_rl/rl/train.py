@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from dllm_rl import metrics as metrics_lib, paths
+from dllm_rl import metrics as metrics_lib, paths, plots
 from dllm_rl.atomic import atomic_directory
 from dllm_rl.checkpoint import copy_side_files, save_orbax
 from dllm_rl.models import llada, lora as lora_lib
@@ -356,7 +356,7 @@ class Trainer:
                     break
         manager.close()
         if multihost.is_primary():
-            metrics_lib.plot_metrics(self.workdir)
+            plots.plot_run(self.workdir)
         if tc.export_final_model and not self.stop_requested:
             self.export(steps.sampling_params(trainable, frozen, lora), os.path.join(self.workdir, FINAL_MODEL_DIR))
         self.trainable, self.frozen = trainable, frozen
