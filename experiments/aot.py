@@ -17,12 +17,10 @@ once.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -33,6 +31,7 @@ from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
 from dllm_rl.models import lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
+from experiments.cli import make_parser, run_main
 
 GIB = 2**30
 # HBM per chip by device_kind (the topology's devices report no memory stats).
@@ -266,8 +265,8 @@ def model_config_for(cfg, fallback: str) -> llada.LLaDAConfig:
     return llada.LLaDAConfig.from_hf_config(fallback)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = make_parser(__doc__)
     p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x4")
     p.add_argument("--gin", action="append", required=True, help="gin config file (repeatable)")
     p.add_argument("--gin_binding", action="append", default=[], help="extra binding, e.g. 'experiment.lora=None'")
@@ -301,5 +300,10 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def exit_code(argv=None) -> int:
+    """0 when every program fits, 1 otherwise."""
+    return 0 if all(r["fits"] for r in main(argv)) else 1
+
+
 if __name__ == "__main__":
-    sys.exit(0 if all(r["fits"] for r in main()) else 1)
+    run_main(exit_code)
