@@ -41,8 +41,8 @@ def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, *, model_conf
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def accumulate(grad_sum, grads):
-    """grad_sum + grads, written into grad_sum's buffers: accumulating micro-batches keeps one running sum alive,
-    not every micro-batch's gradient tree."""
+    """grad_sum + grads, written into grad_sum's buffers: with the caller dropping each micro-batch's tree once
+    added, accumulation keeps one running sum alive, not every micro-batch's gradient tree."""
     return jax.tree.map(lambda total, g: total + g, grad_sum, grads)
 
 

@@ -244,6 +244,7 @@ class Trainer:
         for i, ex in enumerate(micro_examples):
             grads, info = self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i))
             grad_sum = _add(grad_sum, grads)
+            del grads  # summed: free it before the next micro-batch's backward pass
             infos.append(info)
         grads = steps.divide(grad_sum, len(micro_examples))
         trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
@@ -262,6 +263,7 @@ class Trainer:
                                                    model_config=self.model_config, config=cfg,
                                                    lora_config=self.cfg.lora)
                 grad_sum = _add(grad_sum, grads)
+                del grads
                 info.update(loss=float(loss), **{k: float(v) for k, v in m.items() if k in ("clip_fraction", "kl")})
             grads = steps.divide(grad_sum, len(prepared))
             trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
