@@ -4,19 +4,29 @@
       --steps 16                                                   # CPU smoke run
   python -m experiments.bench sampler --model 8b --dtype bfloat16 --batch 8 --prompt_len 128 --gen_length 384 \
       --block_length 12 --steps 128 --temperature 0.6 --top_k 150 --top_p 0.99 --remasking random --record
-      # the AGRPO rollout target (DESIGN.md §6): <= 10 s, <= 20 GiB on one H100
+      # the AGRPO rollout target: <= 10 s, <= 20 GiB on one H100
+  python -m experiments.bench sampler --d_model 512 --n_layers 8 --vocab 126464 --batch 8 --prompt_len 64 \
+      --gen_length 96 --block_length 12 --steps 32 --temperature 0.6 --top_k 150 --top_p 0.99 --remasking random \
+      --record --no_early_stop --compare_greedy --repeats 2
+      # recorded rollout vs greedy generation at the same shape and steps (same forwards): the ratio is the
+      # sampling + recording overhead
+  python -m experiments.bench sampler_profile --d_model 512 --n_layers 8 --vocab 126464 --batch 8 \
+      --prompt_len 64 --gen_length 96 --block_length 12 --temperature 0.6 --top_k 150 --top_p 0.99
+      # one recorded step's pieces timed in isolation
   python -m experiments.bench train_step --model 8b --dtype bfloat16 --batch 8 --prompt_len 128 --gen_length 384 \
       --lora_rank 64 --remat full --attention_impl cudnn
-      # one AGRPO timestep forward+backward (DESIGN.md §6 target: <= 0.35 s, <= 35 GiB on one H100)
+      # one AGRPO timestep forward+backward (target: <= 0.35 s, <= 35 GiB on one H100)
 
 Random weights unless --hf_dir is given. MFU counts the matmul FLOPs a step really does: 2 x (non-embedding,
 non-head params) per sequence token, 2 x head params per scored position (logits only for the current block),
 and 4 x n_layers x T^2 x d_model of attention, summed over the steps actually run, over --peak_tflops.
 To add a workload: write add_<name>_args(parser) and run_<name>(args) -> dict, and register them in COMMANDS.
+Longer than 300 lines because every workload's flags and runner live in this one CLI module.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import pathlib
@@ -33,20 +43,34 @@ from dllm_rl.models import llada
 CONFIG_8B = LLADA_8B_META_DIR / "config.json"
 
 
-def model_config(name: str) -> llada.LLaDAConfig:
-    """'8b': LLaDA-8B-Instruct's config.json; 'tiny': the golden-fixture sizes with room for long sequences."""
+def model_config(name: str, d_model: int | None = None, n_layers: int | None = None,
+                 vocab: int | None = None) -> llada.LLaDAConfig:
+    """'8b': LLaDA-8B-Instruct's config.json; 'tiny': the golden-fixture sizes with room for long sequences.
+    d_model / n_layers / vocab resize 'tiny' (64-wide heads, MLP 3 x d_model; with vocab, the mask id is
+    vocab - 4 and EOS vocab - 10), e.g. LLaDA's real vocabulary 126464 on a small body."""
     if name == "8b":
         return llada.LLaDAConfig.from_hf_config(CONFIG_8B)
-    return llada.LLaDAConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, vocab_size=160,
-                             embedding_size=160, max_sequence_length=4096, mask_token_id=156, eos_token_id=150,
-                             pad_token_id=150)
+    config = llada.LLaDAConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128,
+                               vocab_size=160, embedding_size=160, max_sequence_length=4096, mask_token_id=156,
+                               eos_token_id=150, pad_token_id=150)
+    if d_model:
+        heads = max(1, d_model // 64)
+        config = dataclasses.replace(config, d_model=d_model, n_heads=heads, n_kv_heads=heads,
+                                     mlp_hidden_size=3 * d_model)
+    if n_layers:
+        config = dataclasses.replace(config, n_layers=n_layers)
+    if vocab:
+        config = dataclasses.replace(config, vocab_size=vocab, embedding_size=vocab, mask_token_id=vocab - 4,
+                                     eos_token_id=vocab - 10, pad_token_id=vocab - 10)
+    return config
 
 
 def load_model(args) -> tuple[llada.LLaDAConfig, dict]:
-    if args.hf_dir:
+    if getattr(args, "hf_dir", None):
         from dllm_rl.checkpoint import load_hf
         return load_hf(args.hf_dir, dtype=args.dtype)
-    config = model_config(args.model)
+    config = model_config(args.model, getattr(args, "d_model", None), getattr(args, "n_layers", None),
+                          getattr(args, "vocab", None))
     init = jax.jit(lambda key: llada.init_params(config, key, jnp.dtype(args.dtype)))
     return config, init(jax.random.key(args.seed))
 
@@ -81,28 +105,66 @@ def sampler_flops(config: llada.LLaDAConfig, batch: int, seq_len: int, block: in
     return cached_blocks * sampler_step_flops(config, batch, seq_len, block) + steps_run * window
 
 
-def add_sampler_args(p: argparse.ArgumentParser) -> None:
+def add_model_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("tiny", "8b"), default="tiny")
+    p.add_argument("--d_model", type=int, default=None, help="resize 'tiny': width (64-wide heads)")
+    p.add_argument("--n_layers", type=int, default=None, help="resize 'tiny': layers")
+    p.add_argument("--vocab", type=int, default=None, help="resize 'tiny': vocabulary (LLaDA's: 126464)")
+
+
+def add_rollout_args(p: argparse.ArgumentParser, dtype: str, batch: int, prompt_len: int, gen_length: int,
+                     block_length: int, temperature: float, top_k: int | None, top_p: float) -> None:
+    """Shape and sampling flags shared by the sampler subcommands (with each one's defaults)."""
+    p.add_argument("--dtype", default=dtype, help="params / compute dtype, e.g. bfloat16")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--prompt_len", type=int, default=prompt_len)
+    p.add_argument("--gen_length", type=int, default=gen_length)
+    p.add_argument("--block_length", type=int, default=block_length)
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--top_k", type=int, default=top_k)
+    p.add_argument("--top_p", type=float, default=top_p)
+
+
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    add_model_size_args(p)
+    add_rollout_args(p, "float32", 1, 128, 256, 32, 0.0, None, 1.0)
     p.add_argument("--hf_dir", default=None, help="load real weights from an HF folder instead of random ones")
-    p.add_argument("--dtype", default="float32", help="params / compute dtype, e.g. bfloat16")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--prompt_len", type=int, default=128)
-    p.add_argument("--gen_length", type=int, default=256)
-    p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--steps", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence")
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--cfg_scale", type=float, default=0.0)
     p.add_argument("--record", action="store_true", help="AGRPO rollout with per-position records")
     p.add_argument("--no_early_stop", action="store_true", help="run every step even if all rows end in EOS")
     p.add_argument("--attention_impl", default=None, help="jax.nn.dot_product_attention implementation, e.g. cudnn")
     p.add_argument("--fast", action="store_true", help="approximate cached mode (block-start K/V cache)")
     p.add_argument("--parallel_threshold", type=float, default=None, help="fast mode: Fast-dLLM threshold decoding")
+    p.add_argument("--compare_greedy", action="store_true",
+                   help="also time greedy generation at the same shape and steps, alternating runs; report the ratio")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak_tflops", type=float, default=989.0, help="device peak for MFU (H100 dense bf16: 989)")
+
+
+def greedy_kwargs(kwargs: dict) -> dict:
+    """The same generate call made greedy and unrecorded: same shape, steps and forwards."""
+    early_stop = kwargs["record"] if kwargs["early_stop"] is None else kwargs["early_stop"]
+    return dict(kwargs, temperature=0.0, remasking="low_confidence", top_k=None, top_p=1.0, record=False,
+                early_stop=early_stop)
+
+
+def time_alternating(calls: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """(compile + first run seconds, per-run seconds, last result) per named call; runs alternate between calls
+    so that a machine shared with other jobs slows them alike. calls[name](i) runs repeat i."""
+    first, times, results = {}, {name: [] for name in calls}, {}
+    for name, call in calls.items():
+        t0 = time.perf_counter()
+        results[name] = jax.block_until_ready(call(0))
+        first[name] = time.perf_counter() - t0
+    for i in range(repeats):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            results[name] = jax.block_until_ready(call(i + 1))
+            times[name].append(time.perf_counter() - t0)
+    return first, times, results
 
 
 def run_sampler(args) -> dict:
@@ -114,19 +176,14 @@ def run_sampler(args) -> dict:
     kwargs = dict(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
                   temperature=args.temperature, remasking=args.remasking, top_k=args.top_k, top_p=args.top_p,
                   cfg_scale=args.cfg_scale, record=args.record, early_stop=False if args.no_early_stop else None,
-                  attention_impl=args.attention_impl, rng=jax.random.key(args.seed), fast=args.fast,
-                  parallel_threshold=args.parallel_threshold)
-
-    t0 = time.perf_counter()
-    rollout = jax.block_until_ready(generate(config, params, prompt, **kwargs))
-    compile_and_first = time.perf_counter() - t0
-    times = []
-    for i in range(args.repeats):
-        kwargs["rng"] = jax.random.key(args.seed + 1 + i)
-        t0 = time.perf_counter()
-        rollout = jax.block_until_ready(generate(config, params, prompt, **kwargs))
-        times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
+                  attention_impl=args.attention_impl, fast=args.fast, parallel_threshold=args.parallel_threshold)
+    variants = {"rollout": kwargs}
+    if args.compare_greedy:
+        variants["greedy"] = greedy_kwargs(kwargs)
+    calls = {name: functools.partial(lambda kw, i: generate(config, params, prompt, rng=jax.random.key(args.seed + i),
+                                                            **kw), kw) for name, kw in variants.items()}
+    first, times, results = time_alternating(calls, args.repeats)
+    rollout, seconds = results["rollout"], statistics.median(times["rollout"])
     steps_run = int(rollout.steps_run)
     seq_len = args.prompt_len + args.gen_length
     passes = 2 if args.cfg_scale > 0 else 1
@@ -134,17 +191,144 @@ def run_sampler(args) -> dict:
                           args.gen_length // args.block_length if args.fast else None)
     peak = peak_memory_bytes()
     record_bytes = 0 if rollout.truncation is None else rollout.truncation.nbytes
-    return {
+    result = {
         "bench": "sampler", "model": args.hf_dir or args.model, "dtype": args.dtype,
-        "device": str(jax.devices()[0].device_kind), "batch": args.batch, "prompt_len": args.prompt_len,
+        "device": str(jax.devices()[0].device_kind), "d_model": config.d_model, "n_layers": config.n_layers,
+        "vocab": config.embedding_size, "batch": args.batch, "prompt_len": args.prompt_len,
         "gen_length": args.gen_length, "block_length": args.block_length, "steps": args.steps,
         "steps_run": steps_run, "record": args.record, "top_k": args.top_k, "top_p": args.top_p,
-        "temperature": args.temperature, "seconds": seconds, "seconds_all": times,
-        "compile_and_first_s": compile_and_first,
+        "temperature": args.temperature, "remasking": args.remasking, "seconds": seconds,
+        "seconds_all": times["rollout"], "compile_and_first_s": first["rollout"],
         "tokens_per_s": args.batch * args.gen_length / seconds, "ms_per_step": 1e3 * seconds / max(steps_run, 1),
         "tflops": flops / seconds / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12),
         "peak_memory_gib": None if peak is None else peak / 2**30, "truncation_record_mib": record_bytes / 2**20,
     }
+    if args.compare_greedy:
+        greedy = statistics.median(times["greedy"])
+        result.update(greedy_seconds=greedy, greedy_seconds_all=times["greedy"],
+                      greedy_steps_run=int(results["greedy"].steps_run), rollout_over_greedy=seconds / greedy)
+    return result
+
+
+def add_sampler_profile_args(p: argparse.ArgumentParser) -> None:
+    add_model_size_args(p)
+    add_rollout_args(p, "float32", 8, 64, 96, 12, 0.6, 150, 0.99)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def profile_pieces(config, params, args) -> dict:
+    """name -> (jitted function, its arguments): one recorded step's pieces at the block, full-vocabulary forms
+    (what a step over V costs) next to the candidate-list forms the sampler runs."""
+    from dllm_rl.sampling import candidates as cand
+    from dllm_rl.sampling import loop, truncation as trunc
+    from dllm_rl.sampling.gumbel import gumbel_noise
+
+    b, n, k, v = args.batch, args.block_length, args.top_k, config.embedding_size
+    t = args.prompt_len + args.gen_length
+    rng = np.random.default_rng(args.seed)
+    x_BxT = jnp.asarray(rng.integers(0, config.mask_token_id, (b, t)), jnp.int32)
+    pos_BxN = jnp.broadcast_to(args.prompt_len + jnp.arange(n), (b, n))
+    logits_BxNxV = jax.jit(lambda: llada.forward_at(config, params, x_BxT, pos_BxN))()
+    scaled_BxNxV = logits_BxNxV / args.temperature
+    key = jax.random.key(args.seed)
+    short, _ = jax.jit(lambda s: cand.top_k_list(s, k, args.top_p))(scaled_BxNxV)
+    keep_BxNxV = trunc.keep_mask(scaled_BxNxV, k, args.top_p)
+    x0_BxN = jnp.argmax(scaled_BxNxV, axis=-1)
+    bits_BxLxVb = jnp.zeros((b, args.gen_length, -(-v // 8)), jnp.uint8)
+    sel_BxN = jnp.ones((b, n), bool)
+    return {
+        "forward_at_block": (lambda x: llada.forward_at(config, params, x, pos_BxN), (x_BxT,)),
+        "temper": (lambda l: trunc.scale_logits(l, args.temperature), (logits_BxNxV,)),
+        "top_k_kth_value_only": (lambda s: s >= jax.lax.top_k(s, k)[0][..., -1:], (scaled_BxNxV,)),
+        "top_k_values_and_ids": (lambda s: jax.lax.top_k(s, k + 1), (scaled_BxNxV,)),
+        "top_k_top_p_candidates": (lambda s: cand.top_k_list(s, k, args.top_p), (scaled_BxNxV,)),
+        "top_p_full_vocab_sort": (lambda s: cand.sorted_vocabulary(s, k, args.top_p), (scaled_BxNxV,)),
+        "gumbel_vocab": (lambda key: gumbel_noise(key, (b, n, v)), (key,)),
+        "gumbel_candidates": (lambda key: gumbel_noise(key, (b, n, k)), (key,)),
+        "logp_entropy_vocab": (trunc.logp_and_entropy, (scaled_BxNxV, keep_BxNxV, x0_BxN)),
+        "logp_entropy_candidates": (trunc.logp_and_entropy, (short.values_BxNxC, short.keep_BxNxC, x0_BxN % k)),
+        "packbits_vocab": (trunc.pack, (keep_BxNxV,)),
+        "pack_candidates": (lambda ids, keep: cand.packed_keep(cand.Candidates(ids, ids, keep), v),
+                            (short.ids_BxNxC, short.keep_BxNxC)),
+        "record_carry_update_all_blocks": (  # one update per block in a loop, as in the sampler (in place)
+            lambda bits, new: jax.lax.fori_loop(0, args.gen_length // n,
+                                                lambda i, acc: loop.update_where(acc, sel_BxN, new, i * n), bits),
+            (bits_BxLxVb, trunc.pack(keep_BxNxV))),
+    }
+
+
+def run_sampler_profile(args) -> dict:
+    """Median seconds of each piece of one recorded step, each compiled alone (compile excluded)."""
+    config, params = load_model(args)
+    out = {"bench": "sampler_profile", "device": str(jax.devices()[0].device_kind), "d_model": config.d_model,
+           "n_layers": config.n_layers, "vocab": config.embedding_size, "batch": args.batch,
+           "block_length": args.block_length, "top_k": args.top_k, "top_p": args.top_p}
+    for name, (fn, fn_args) in profile_pieces(config, params, args).items():
+        compiled = jax.jit(fn)
+        jax.block_until_ready(compiled(*fn_args))
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*fn_args))
+            times.append(time.perf_counter() - t0)
+        out[name + "_s"] = statistics.median(times)
+    return out
+
+
+def add_sampler_compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topology", default="v5e:2x4", help="TPU topology name for jax.experimental.topologies")
+    p.add_argument("--mesh", default="data=1,fsdp=8,tensor=1", help="mesh axis sizes over the topology's chips")
+    add_rollout_args(p, "bfloat16", 8, 128, 384, 12, 0.6, 150, 0.99)
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--remasking", default="random")
+    p.add_argument("--hlo_out", default=None, help="write the compiled HLO text here")
+
+
+def vocab_sorts(hlo: str, vocab: int) -> list[str]:
+    """'computation: instruction' for every sort whose operands span the vocabulary."""
+    out, computation = [], ""
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and "{" in line:
+            computation = line.split(" ")[0] if not line.startswith("ENTRY") else "ENTRY"
+        if " sort(" in line and f",{vocab}]" in line:
+            out.append(f"{computation}: {line.strip()[:120]}")
+    return out
+
+
+def run_sampler_compile(args) -> dict:
+    """Compiles the 8B recorded rollout for a TPU topology without a TPU (libtpu's compiler; the process keeps
+    JAX_PLATFORMS=cpu otherwise) and reports the sorts over the vocabulary and the memory analysis."""
+    from jax.experimental import topologies
+    from dllm_rl.parallel import mesh as mesh_lib
+    from dllm_rl.sampling import sampler_config
+    from dllm_rl.sampling.generate import lower
+
+    topo = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
+    mesh = mesh_lib.make_mesh({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))},
+                              devices=topo.devices)
+    config = model_config("8b")
+    dtype = jnp.dtype(args.dtype)
+    params = jax.tree.map(lambda shape, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding),
+                          llada.param_shapes(config), mesh_lib.param_shardings(mesh),
+                          is_leaf=lambda x: isinstance(x, tuple))
+    prompt = jax.ShapeDtypeStruct((args.batch, args.prompt_len), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
+    sampler = sampler_config(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
+                             temperature=args.temperature, remasking=args.remasking, top_k=args.top_k,
+                             top_p=args.top_p, record=True)
+    t0 = time.perf_counter()
+    compiled = lower(config, sampler, params, prompt, rng=key, compute_dtype=dtype).compile()
+    seconds = time.perf_counter() - t0
+    hlo = compiled.as_text()
+    if args.hlo_out:
+        pathlib.Path(args.hlo_out).write_text(hlo)
+    mem = compiled.memory_analysis()
+    param_bytes = sum(int(np.prod(x.shape)) * dtype.itemsize for x in jax.tree.leaves(params)) // len(topo.devices)
+    return {"bench": "sampler_compile", "topology": args.topology, "mesh": dict(mesh.shape), "compile_s": seconds,
+            "vocab_sorts": vocab_sorts(hlo, config.embedding_size), "temp_bytes_per_chip": mem.temp_size_in_bytes,
+            "argument_bytes_per_chip": mem.argument_size_in_bytes, "output_bytes_per_chip": mem.output_size_in_bytes,
+            "param_bytes_per_chip": param_bytes}
 
 
 def add_train_step_args(p: argparse.ArgumentParser) -> None:
@@ -223,7 +407,9 @@ def run_train_step(args) -> dict:
     }
 
 
-COMMANDS = {"sampler": (add_sampler_args, run_sampler), "train_step": (add_train_step_args, run_train_step)}
+COMMANDS = {"sampler": (add_sampler_args, run_sampler), "sampler_profile": (add_sampler_profile_args, run_sampler_profile),
+            "sampler_compile": (add_sampler_compile_args, run_sampler_compile),
+            "train_step": (add_train_step_args, run_train_step)}
 
 
 def main(argv=None) -> dict:

@@ -1,5 +1,9 @@
-"""experiments/bench.py train_step: runs on CPU at a tiny shape and reports the fields BENCHMARKS.md records."""
+"""experiments/bench.py: each subcommand runs on CPU at a tiny shape and reports the fields BENCHMARKS.md records
+(smoke tests: no timing is asserted)."""
 from experiments import bench
+
+ROLLOUT = ["--batch", "2", "--prompt_len", "8", "--gen_length", "24", "--block_length", "8", "--temperature", "0.6",
+           "--top_k", "20", "--top_p", "0.95"]
 
 
 def test_train_step_smoke():
@@ -8,3 +12,16 @@ def test_train_step_smoke():
                              "--sampling_steps", "8", "--lora_rank", str(rank), "--top_k_bits", "20", "--repeats", "1"])
         assert result["bench"] == "train_step" and result["seconds"] > 0 and result["tflops"] > 0
         assert result["lora_rank"] == rank and result["seq_len"] == 24
+
+
+def test_sampler_compare_greedy_smoke():
+    result = bench.main(["sampler", "--vocab", "300", "--steps", "6", "--remasking", "random", "--record",
+                         "--no_early_stop", "--compare_greedy", "--repeats", "1"] + ROLLOUT)
+    assert result["vocab"] == 300 and result["steps_run"] == result["greedy_steps_run"] == 6
+    assert result["rollout_over_greedy"] > 0 and len(result["greedy_seconds_all"]) == 1
+
+
+def test_sampler_profile_smoke():
+    result = bench.main(["sampler_profile", "--vocab", "300", "--repeats", "1"] + ROLLOUT)
+    assert result["bench"] == "sampler_profile"
+    assert all(result[k] > 0 for k in ("forward_at_block_s", "top_k_top_p_candidates_s", "gumbel_vocab_s"))

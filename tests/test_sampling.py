@@ -13,7 +13,8 @@ import pytest
 
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.models import llada
-from dllm_rl.sampling import SamplerInputError, expand, generate, scale_logits, transfer_schedule
+from dllm_rl.sampling import (SamplerInputError, expand, generate, sampler_config, scale_logits,
+                              transfer_schedule)
 from dllm_rl.sampling.gumbel import gumbel_argmax, gumbel_noise
 from tests.helpers.golden_runs import golden_run
 from tests.helpers.truncation_numpy import agrpo_keep, truncated_stats
@@ -434,6 +435,17 @@ def test_bad_inputs_raise_before_compiling(kwargs, match, tiny, uncompiled_gener
     config, params = tiny
     with pytest.raises(SamplerInputError, match=match):
         uncompiled_generate(config, params, np.zeros((2, 16), np.int64), **kwargs)
+
+
+def test_sampler_config_argument_equals_keywords(tiny, golden):
+    config, params = tiny
+    kw = dict(steps=4, gen_length=8, block_length=4, temperature=0.5, top_k=5, top_p=0.9, record=True)
+    by_kw = generate(config, params, golden["gen_prompt"], rng=jax.random.key(0), **kw)
+    by_config = generate(config, params, golden["gen_prompt"], sampler_config(**kw), rng=jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(by_kw), jax.tree.leaves(by_config)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SamplerInputError, match="not both"):
+        generate(config, params, golden["gen_prompt"], sampler_config(**kw), steps=4)  # raises before compiling
 
 
 @pytest.mark.parametrize("temp", [0.0, 0.8])

@@ -23,9 +23,10 @@ def test_keep_mask_matches_reference(seed, vocab, top_k, top_p, quantize):
     assert got.any(-1).all()
 
 
-@pytest.mark.parametrize("tied", [3, 30])
+@pytest.mark.parametrize("tied", [1, 3, 30])
 def test_top_p_after_top_k_with_many_ties(tied):
-    """Ties at the k-th value beyond 2*top_k take the full-sort path; fewer take the short one. Same sets."""
+    """Ties at the k-th value keeping more than top_k tokens take the full-sort path (tied > 1 here); no tie
+    takes the top_k list. Same sets as the reference."""
     rng = np.random.default_rng(tied)
     logits = rng.normal(0, 1, (2, 3, 100)).astype(np.float32) - 5.0
     logits[0, 1, :tied] = 0.5                     # `tied` tokens share the 2nd-largest value

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dllm_rl.models import llada
+from dllm_rl.models.logits import gather_tokens, token_log_probs  # noqa: F401  (part of the kit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,19 +53,6 @@ def model_inputs(prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array | None, c
 def completion_positions(prompt_len: int, completion_ids_BxL: jax.Array) -> jax.Array:
     """int [B, L]: the input positions P + 0..L-1 of every completion token (for `llada.forward_at`)."""
     return jnp.broadcast_to(prompt_len + jnp.arange(completion_ids_BxL.shape[1]), completion_ids_BxL.shape)
-
-
-def gather_tokens(x_BxNxV: jax.Array, ids_BxN: jax.Array) -> jax.Array:
-    """x [B, N] at each position's token id: x_BxNxV[b, n, ids_BxN[b, n]]."""
-    return jnp.take_along_axis(x_BxNxV, ids_BxN[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def token_log_probs(logits_BxNxV: jax.Array, ids_BxN: jax.Array) -> jax.Array:
-    """float32 log softmax(logits)[ids] [B, N]: the log-prob of each position's token.
-
-    Logits set to -inf (tokens outside a truncation set) get probability zero; the rest are renormalised.
-    """
-    return gather_tokens(jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32), axis=-1), ids_BxN)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Sampler settings, input validation and block/step arithmetic (spec/LLADA.md §3, spec/AGRPO.md §1.1).
+"""Sampler settings, input validation and block/step arithmetic (docs/algorithm.md).
 
 Everything here runs in Python before anything is traced, so bad input fails with a clear message and never
 reaches the compiler.
@@ -26,7 +26,7 @@ class SamplerInputError(ValueError):
 class SamplerConfig:
     """Static sampler settings (hashable: one compiled program per distinct value).
 
-    `record=True` selects the AGRPO rollout semantics (spec/AGRPO.md §1.1): scores of low_confidence/entropy
+    `record=True` selects the AGRPO rollout semantics (docs/algorithm.md): scores of low_confidence/entropy
     remasking are taken from the temperature-scaled truncated distribution, a committed token is final even if
     it equals the mask id, and per-position unmask step, log-prob, entropy and truncation set are recorded.
     `record=False` follows LLaDA's generate(): low_confidence confidence is the softmax probability of the
@@ -145,3 +145,20 @@ def transfer_schedule(num_masked_B: jax.Array, steps: int) -> jax.Array:
 def transfer_count(num_masked_B: jax.Array, steps: int, step_in_block) -> jax.Array:
     """Entry `step_in_block` of transfer_schedule without building the whole table."""
     return num_masked_B // steps + (step_in_block < num_masked_B % steps).astype(num_masked_B.dtype)
+
+
+def sampler_config(*, steps: int, gen_length: int, block_length: int, temperature: float = 0.0,
+                   remasking: str = "low_confidence", top_k: int | None = None, top_p: float = 1.0,
+                   cfg_scale: float = 0.0, logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
+                   eos_logit_id: int = REFERENCE_EOS_ID, eot_logit_id: int = REFERENCE_EOT_ID, record: bool = False,
+                   early_stop: bool | None = None, infill: bool = False, fast: bool = False,
+                   parallel_threshold: float | None = None) -> SamplerConfig:
+    """A normalised SamplerConfig from generate()'s keyword arguments: early_stop None follows record, top_k 0
+    means off, numbers get their canonical types (so equal settings share one compiled program)."""
+    return SamplerConfig(
+        steps=steps, gen_length=gen_length, block_length=block_length, temperature=float(temperature),
+        remasking=remasking, top_k=None if top_k in (None, 0) else int(top_k), top_p=float(top_p),
+        cfg_scale=float(cfg_scale), logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
+        eos_logit_id=int(eos_logit_id), eot_logit_id=int(eot_logit_id), record=record,
+        early_stop=record if early_stop is None else bool(early_stop), infill=infill, fast=bool(fast),
+        parallel_threshold=None if parallel_threshold is None else float(parallel_threshold))
