@@ -21,7 +21,7 @@ def fake_generate(monkeypatch, tiny_tokenizer_dir):
     answer = tokenizer.encode("4321") + [tokenizer.eos_token_id] * 4
     calls = []
 
-    def generate(config, params, prompt_ids, *, attention_mask, rng, mesh, **sampler):
+    def generate(config, params, prompt_ids, sampler, *, attention_mask, rng, mesh):
         calls.append(types.SimpleNamespace(ids=np.asarray(prompt_ids), mask=np.asarray(attention_mask), rng=rng,
                                            sampler=sampler))
         completion = np.tile(np.asarray(answer, np.int32), (len(prompt_ids), 1))
@@ -44,7 +44,7 @@ def test_batches_pad_the_last_one_and_keep_special_tokens(fake_generate):
     np.testing.assert_array_equal(calls[1].ids[0], calls[1].ids[1])
     assert all(c.mask[:, 0].sum() == 0 and c.mask[:, -1].all() for c in calls)  # left-padded
     np.testing.assert_array_equal(np.asarray(calls[1].rng), np.asarray(jax.random.fold_in(key, 2)))
-    assert calls[0].sampler == dict(eval_lib.protocol(SAMPLER).__dict__) and calls[0].sampler["early_stop"]
+    assert calls[0].sampler == eval_lib.protocol(SAMPLER) and calls[0].sampler.early_stop
     assert [g.completion for g in graded] == ["4321" + "<|endoftext|>" * 4] * 3  # special tokens kept
     assert [g.score.correct for g in graded] == [1.0, 0.0, 1.0]
     assert [g.reward for g in graded] == [3.25, 0.25, 3.25]

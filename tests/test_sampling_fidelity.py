@@ -1,7 +1,6 @@
 """The policy that samples is the policy that trains: with a bfloat16 base and LoRA updates of the size the
 paper's learning rate produces, the rollout's log-probs equal the AGRPO loss's log-probs of the same tokens
 (`logp_mismatch_*`), while sampling from adapters merged into the bf16 kernels loses most of the update."""
-import dataclasses
 import functools
 
 import jax
@@ -45,8 +44,7 @@ def adapters(base16):
 
 
 def rollout_batch(params, compute_dtype) -> agrpo.AGRPOBatch:
-    roll = generate(CONFIG, params, PROMPT_BxP, rng=jax.random.key(3), compute_dtype=compute_dtype,
-                    **dataclasses.asdict(SAMPLER))
+    roll = generate(CONFIG, params, PROMPT_BxP, SAMPLER, rng=jax.random.key(3), compute_dtype=compute_dtype)
     p = PROMPT_BxP.shape[1]
     keep = roll.truncation if roll.truncation is not None and roll.truncation.bits is not None else None
     return agrpo.AGRPOBatch(prompt_ids=PROMPT_BxP, prompt_mask=None, completion_ids=roll.tokens[:, p:],

@@ -8,8 +8,8 @@ Two ways to run the adapted model:
 - `apply_lora` (training): each target kernel becomes a `LoRAWeight`, which the model's `x @ kernel` evaluates as
   x @ W + s·(x @ A) @ B. Neither the merged kernel nor its gradient is ever materialised, and W gets no gradient.
   The sampler runs this path too, so the policy that samples is the policy that trains.
-- `merge_lora` (export): plain arrays W + s·A @ B, one matmul per kernel, stored in float32 unless asked
-  otherwise: rounding the merged kernel to a bf16 W erases every update smaller than half a bf16 step of W.
+- `merge_lora` (export): plain arrays W + s·A @ B, one matmul per kernel. It will not round the merged kernel into
+  a bf16 W unless asked: that erases every update smaller than half a bf16 step of W.
 The reference policy of the KL term ("LoRA off") is the base params themselves.
 """
 from __future__ import annotations

@@ -247,10 +247,10 @@ def timestep_loss(params: Params, ref_params: Params | None, batch: AGRPOBatch, 
                              "the initial params for full fine-tuning)")
         ref_BxN, _, _ = token_logps(model_config, ref_params, batch, step_B, config, keep_fn)
         ref_BxN = jax.lax.stop_gradient(jnp.where(valid_BxN, ref_BxN, logp_BxN))
-    # The KL is k3 × ratio (the off-policy correction of DeepSeek-V3.2, as the official code).
     # Sampling-time vs training-time log-prob of the same tokens: before the update the two policies are one, so
     # anything but float noise here means the sampler ran a different policy than the loss differentiates.
     mismatch_BxN = jnp.where(valid_BxN, jnp.abs(logp_BxN - old_BxN), 0.0)
+    # The KL is k3 × ratio (the off-policy correction of DeepSeek-V3.2, as the official code).
     per_token_BxN, ratio_BxN, kl_BxN = clipped_token_loss(
         logp_BxN, old_BxN, ref_BxN, batch.advantages, config.epsilon_low, config.epsilon_high, config.beta,
         kl_times_ratio=True)
@@ -303,8 +303,8 @@ def agrpo_grad(trainable: Params, frozen: Params | None, ref_params: Params | No
     Pure and jit-able (configs and keep_fn static). The policy params are `policy_params(trainable, frozen,
     lora_config)`: full fine-tuning passes frozen=None, LoRA passes the adapters and the base params. Each scan
     iteration does one timestep's forward+backward and adds its gradient to a float32 accumulator; gradients
-    come back in the trainable dtypes. Metrics: per-timestep means over K (maxima and counts over K for
-    `logp_mismatch_max` and `dropped_tokens`), plus `last_microloss` (loss_{K−1}, what the official trainer returns).
+    come back in the trainable dtypes. Metrics: per-timestep means over K (the max over K for `logp_mismatch_max`,
+    the sum for `dropped_tokens`), plus `last_microloss` (loss_{K−1}, what the official trainer returns).
     """
     check_batch(batch, config, steps_BxK, weights_BxK)
     k = steps_BxK.shape[1]

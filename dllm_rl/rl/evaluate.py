@@ -48,8 +48,8 @@ def complete(model_config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.
     for start in range(0, len(ids_NxP), batch_size):
         rows = np.arange(start, start + batch_size).clip(max=len(ids_NxP) - 1)
         key = None if rng is None else jax.random.fold_in(rng, start)
-        rollout = generate(model_config, params, ids_NxP[rows], attention_mask=mask_NxP[rows], rng=key, mesh=mesh,
-                           **dataclasses.asdict(sampler))
+        rollout = generate(model_config, params, ids_NxP[rows], sampler, attention_mask=mask_NxP[rows], rng=key,
+                           mesh=mesh)
         tokens_BxL = np.asarray(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
         completions += tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)
     return completions

@@ -8,10 +8,12 @@ the params and optimizer state (`rl.train_state`), so a run killed at any point 
 continues exactly as an uninterrupted run would (same rollouts, same metrics).
 
 Batching follows the AGRPO paper: each optimizer step takes `prompts_per_micro_batch × grad_accum` prompts;
-every prompt gets G = num_generations completions in consecutive rows; each micro-batch's gradient is divided by
-grad_accum (the HF Trainer's gradient accumulation). Params, LoRA adapters, optimizer state and batches are laid
-out on the mesh by `MeshConfig.rules`. (Over 300 lines: warm start, rollout, micro-batching and the loop all
-read the one run's state held by `Trainer`; the pure pieces live in `rl.steps`, `rl.evaluate`, `rl.train_state`.)
+every prompt gets G = num_generations completions in consecutive rows; the micro-batch gradients are summed into
+one running buffer and divided by grad_accum (the HF Trainer's gradient accumulation). Rollouts sample the same
+params the loss differentiates (LoRA unmerged, `steps.sampling_params`). Params, LoRA adapters, optimizer state
+and batches are laid out on the mesh by `MeshConfig.rules`. (Over 300 lines: warm start, rollout, micro-batching
+and the loop all read the one run's state held by `Trainer`; the pure pieces live in `rl.steps`, `rl.evaluate`,
+`rl.train_state`.)
 """
 from __future__ import annotations
 
@@ -44,11 +46,11 @@ from dllm_rl.tokenizer import Tokenizer
 FINAL_MODEL_DIR = "final_model"  # the trained policy as a model folder, for experiments.eval --ckpt_dir
 FINAL_ADAPTER_DIR = "final_adapter"  # LoRA runs: the adapters as a PEFT folder (exact; the merged bf16 model is not)
 LORA_CONFIG_FILE = "lora_config.json"  # LoRA runs: rank, alpha, targets, lm_head, for python -m dllm_rl.export
-# Timing metrics differ between otherwise identical runs; everything else in a metrics row is reproducible.
 # The AGRPO loss metrics logged per step; logp_mismatch_* is |rollout log-prob − loss log-prob| of the scored
 # tokens before the update (float noise when the sampler runs the trained policy).
 LOSS_METRICS = ("clip_fraction", "ratio_mean", "kl", "importance_weight_mean", "dropped_tokens", "logp_mismatch_mean",
                 "logp_mismatch_max")
+# Timing metrics differ between otherwise identical runs; everything else in a metrics row is reproducible.
 TIMING_KEYS = ("rollout_seconds", "loss_seconds", "step_seconds", "tokens_per_second", "eval_seconds")
 
 
@@ -175,8 +177,8 @@ class Trainer:
         mask = self.place_batch(np.repeat(mask, self.group, axis=0))
         params = steps.sampling_params(trainable, frozen, self.cfg.lora)
         start = time.perf_counter()
-        rollout = generate(self.model_config, params, ids, attention_mask=mask, rng=key, mesh=self.mesh,
-                           **dataclasses.asdict(self.cfg.rollout))
+        rollout = generate(self.model_config, params, ids, self.cfg.rollout, attention_mask=mask, rng=key,
+                           mesh=self.mesh)
         completion = np.asarray(rollout.tokens)[:, ids.shape[1]:]
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(completion)
