@@ -1,23 +1,36 @@
-"""diffu-GRPO: prompt masking, completion mask, and the loss against a float64 NumPy reference of d1's estimator."""
+"""diffu-GRPO: prompt masking, completion mask, the loss against a float64 NumPy reference of d1's estimator, d1's
+own loss code (golden log-probs, losses, metrics and gradients with d1's masks replayed), d1's mask order and the
+d1 configs."""
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_rl.checkpoint.hf import load_hf
+from dllm_rl.assets import LLADA_8B_META_DIR
+from dllm_rl.checkpoint.hf import load_hf, to_hf_tensors
+from dllm_rl.export.peft import index_module_names, lora_module_names, peft_adapted
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, init_lora
 from dllm_rl.rl import diffu_grpo as dg
+from experiments.run import parse_config
 from tests.helpers import objective_numpy
+from tests.helpers.hf_params import load_prefixed
 
 MASK, EOS = 156, 150  # the tiny model's ids
+CONFIGS = pathlib.Path(__file__).parent.parent / "experiments" / "configs"
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
     return load_hf(tiny_dir)
+
+
+def rel_err(a, b):
+    """‖a − b‖ / ‖b‖ in float64."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
 def make_batch(seed=0, b=4, p=6, l=10):
@@ -126,3 +139,137 @@ def test_config_errors():
         dg.DiffuGRPOConfig(epsilon=1.0)
     with pytest.raises(ValueError, match="ref_logp"):
         dg.grpo_token_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), None, jnp.ones(1), jnp.ones((1, 2)), 0.2, 0.04)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conformance with d1's own loss code (tests/fixtures/d1_loss), d1's prompt masks replayed through `draws`
+
+D1_CASES = ("mu3_eps02_beta004", "mu3_eps05_beta004", "mu1_eps02_beta0")
+
+
+@pytest.fixture(scope="module")
+def d1_golden(fixtures_dir):
+    return dict(np.load(fixtures_dir / "d1_loss" / "golden.npz"))
+
+
+@pytest.fixture(scope="module")
+def d1_params(d1_golden, tiny_dir, tmp_path_factory):
+    """{"policy": ..., "old": ...}: the fixture's perturbed params, loaded through the HF loader."""
+    return {name: load_prefixed(d1_golden, f"{name}/", tiny_dir, tmp_path_factory.mktemp(name))[1]
+            for name in ("policy", "old")}
+
+
+def d1_batch(g):
+    """The fixture's batch, without an attention mask: d1 passes none to the model."""
+    completion = jnp.asarray(g["completion_ids"])
+    return dg.DiffuGRPOBatch(prompt_ids=jnp.asarray(g["prompt_ids"]), prompt_mask=None, completion_ids=completion,
+                             completion_mask=dg.completion_mask(completion, int(g["eos_token_id"])),
+                             advantages=jnp.asarray(g["advantages"]))
+
+
+def d1_config(g, case):
+    return dg.DiffuGRPOConfig(p_mask_prompt=float(g[f"{case}/p_mask_prompt"]),
+                              num_iterations=int(g[f"{case}/num_iterations"]), epsilon=float(g[f"{case}/epsilon"]),
+                              beta=float(g[f"{case}/beta"]), num_generations=int(g["num_generations"]))
+
+
+def token_rel_err(ours, ref):
+    """max |Δ| / max(1, |ref|) over the tokens."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
+
+
+@functools.lru_cache(maxsize=None)
+def d1_fns(model_config, config):
+    logps = jax.jit(lambda params, batch, draws: dg.completion_logps(model_config, params, batch, None, config, draws))
+    grad = jax.jit(lambda params, batch, old, ref, draws: dg.diffu_grpo_grad(
+        params, None, batch, None, old, ref, model_config=model_config, config=config, draws=draws))
+    return logps, grad
+
+
+def test_d1_fixture_batch_and_masks(d1_golden, tiny):
+    """Our completion mask is d1's; d1's masking rule on the recorded draws gives d1's model inputs."""
+    g, model_config = d1_golden, tiny[0]
+    batch = d1_batch(g)
+    np.testing.assert_array_equal(batch.completion_mask, g["completion_mask"].astype(bool))
+    assert int(g["mask_token_id"]) == model_config.mask_token_id == MASK
+    p = batch.prompt_ids.shape[1]
+    for case in D1_CASES:
+        for u_BxT, noisy_BxT in zip(g[f"{case}/u"], g[f"{case}/noisy_ids"]):
+            ids = dg.mask_prompt(jnp.asarray(u_BxT[:, :p]), batch.prompt_ids, batch.completion_ids,
+                                 float(g[f"{case}/p_mask_prompt"]), MASK)
+            np.testing.assert_array_equal(ids, noisy_BxT)
+
+
+@pytest.mark.parametrize("case", D1_CASES)
+def test_d1_golden_logps_losses_and_gradients(case, d1_golden, d1_params, tiny):
+    """Per iteration: old/ref/policy token log-probs, the loss, d1's logged kl and clip_ratio, and the gradient of
+    every parameter agree with d1's code to ~1e-5 relative (full fine-tuning, float32, no attention mask)."""
+    g, (model_config, ref_params) = d1_golden, tiny
+    batch, config = d1_batch(g), d1_config(g, case)
+    logps, grad = d1_fns(model_config, config)
+    p, mu, beta = batch.prompt_ids.shape[1], config.num_iterations, config.beta
+    for i in range(mu):
+        draws = jnp.asarray(g[f"{case}/u"][i][:, :p])
+        old = logps(d1_params["old"], batch, draws) if mu > 1 else None
+        ref = logps(ref_params, batch, draws) if beta else None
+        if old is not None:
+            assert token_rel_err(old, g[f"{case}/logp_old"][i]) < 1e-5
+        if ref is not None:
+            assert token_rel_err(ref, g[f"{case}/logp_ref"][i]) < 1e-5
+        assert token_rel_err(logps(d1_params["policy"], batch, draws), g[f"{case}/logp_policy"][i]) < 1e-5
+        loss, grads, metrics = grad(d1_params["policy"], batch, old, ref, draws)
+        np.testing.assert_allclose(float(loss), g[f"{case}/loss"][i], rtol=1e-5)
+        np.testing.assert_allclose(float(metrics["clip_ratio"]), g[f"{case}/clip_ratio"][i], rtol=1e-6)
+        assert ("kl" in metrics) == bool(beta)
+        if beta:
+            np.testing.assert_allclose(float(metrics["kl"]), g[f"{case}/kl"][i], rtol=1e-5)
+        ours = to_hf_tensors(model_config, grads)
+        prefix = f"{case}/grad/{i}/"
+        assert sorted(ours) == sorted(k[len(prefix):] for k in g if k.startswith(prefix))
+        errors = {name: rel_err(x, g[prefix + name]) for name, x in ours.items()}
+        worst = max(errors, key=errors.get)
+        assert errors[worst] < 1e-5, (i, worst, errors[worst])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# d1's run: mask order, metrics, configs
+
+def test_mask_index_default_and_d1_order():
+    config = dg.DiffuGRPOConfig(num_iterations=12)
+    assert [dg.mask_index(g, m, config) for g in range(12) for m in range(2)] == [g for g in range(12) for _ in "ab"]
+    # d1 (step counter incremented before the loss): micro-batch m of inner update g uses (2g + m + 1) mod μ.
+    d1 = dg.DiffuGRPOConfig(num_iterations=12, d1_accumulation_steps=2)
+    for m in range(16):  # 8 devices x 2 accumulation steps: every device's step a = m mod 2 uses the same mask
+        used = [dg.mask_index(g, m, d1) for g in range(12)]
+        assert used == [(2 * g + m % 2 + 1) % 12 for g in range(12)]
+        assert len(set(used)) == 6 and all(used.count(j) == 2 and j % 2 == (m + 1) % 2 for j in used)
+    with pytest.raises(ValueError, match="d1_accumulation_steps"):
+        dg.DiffuGRPOConfig(d1_accumulation_steps=0)
+
+
+def test_clip_metrics_follow_d1_definitions():
+    """clip_ratio (d1's): ρA < clip(ρ)A; clip_fraction (ours): the clipped term is the smaller one."""
+    ratio = np.array([[0.5, 0.9, 1.5, 1.5, 0.5, 1.0]])
+    adv = jnp.asarray([1.0])
+    lp = jnp.asarray(np.log(ratio), jnp.float32)
+    mask = jnp.asarray([[True] * 5 + [False]])
+    _, m = dg.grpo_token_loss(lp, jnp.zeros_like(lp), None, adv, mask, 0.2, 0.0)
+    assert float(m["clip_ratio"]) == pytest.approx(2 / 5)  # ρ = 0.5 (twice) below the range with A > 0
+    assert float(m["clip_fraction"]) == pytest.approx(2 / 5)  # ρ = 1.5 (twice) above it
+
+
+def test_d1_configs_reproduce_d1s_run():
+    """The *_d1.gin settings are d1's: PEFT's matching of d1's target_modules on LLaDA-8B's real module names
+    (only q, k, v and up_proj exist), LoRA dropout, AdamW weight decay, truncation, μ and the loss settings."""
+    d1_list = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "gate_proj", "up_proj"]  # d1's target_modules
+    llada_8b = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR / "config.json")
+    for task in ("gsm8k", "math", "countdown", "sudoku"):
+        cfg = parse_config([str(CONFIGS / f"{task}_d1.gin")], [])
+        d1, lora, train = cfg.diffu_grpo, cfg.lora, cfg.train
+        assert lora_module_names(lora, llada_8b) == peft_adapted(d1_list, index_module_names())
+        assert (lora.dropout, train.weight_decay, train.max_grad_norm, train.learning_rate) == (0.05, 0.1, 0.2, 3e-6)
+        assert d1.prompt_keep_last == train.max_prompt_length == 200 and d1.d1_accumulation_steps == 2
+        assert (d1.epsilon, d1.beta, d1.p_mask_prompt, d1.num_generations) == (0.5, 0.04, 0.15, 6)
+        assert d1.num_iterations == (8 if task == "sudoku" else 12)
+        assert (cfg.rollout.gen_length, cfg.rollout.block_length, cfg.rollout.steps) == (256, 32, 128)

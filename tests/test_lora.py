@@ -150,3 +150,41 @@ def test_released_config_adapts_the_modules_peft_adapts():
     config = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR / "config.json")
     assert cfg.lora.lm_head
     assert lora_module_names(cfg.lora, config) == peft_adapted(list(LAYER_TARGETS), module_names(config))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA dropout (training forwards only)
+
+
+def test_dropout_acts_on_the_adapter_input_only():
+    """x @ W + s·(drop(x) @ A) @ B with torch's inverted dropout; W's path and a key-less weight see plain x."""
+    r = np.random.default_rng(0)
+    w, a, b = (jnp.asarray(r.normal(size=s), jnp.float32) for s in ((6, 5), (6, 3), (3, 5)))
+    x = jnp.asarray(r.normal(size=(4, 6)), jnp.float32)
+    key, rate = jax.random.key(3), 0.25
+    keep = np.asarray(jax.random.bernoulli(key, 1 - rate, x.shape))
+    dropped = np.where(keep, np.asarray(x) / (1 - rate), 0.0)
+    expected = np.asarray(x) @ np.asarray(w) + 2.0 * (dropped @ np.asarray(a)) @ np.asarray(b)
+    np.testing.assert_allclose(x @ LoRAWeight(w, a, b, 2.0, key, rate), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x @ LoRAWeight(w, a, b, 2.0), x @ w + 2.0 * (x @ a) @ b, rtol=1e-6)
+    assert 0 < (~keep).sum() < keep.size
+
+
+def test_dropout_in_the_model_is_keyed_per_target_and_layer(base):
+    cfg = LoRAConfig(rank=4, alpha=8.0, lm_head=True, dropout=0.3)
+    lora = randomized(init_lora(base, cfg, jax.random.key(1)))
+    plain = forward(merge_lora(base, lora, cfg))
+    np.testing.assert_allclose(forward(apply_lora(base, lora, cfg)), plain, rtol=2e-4, atol=2e-4)  # no key: no drop
+    dropped = forward(apply_lora(base, lora, cfg, jax.random.key(5)))
+    np.testing.assert_array_equal(dropped, forward(apply_lora(base, lora, cfg, jax.random.key(5))))
+    assert np.abs(np.asarray(dropped) - np.asarray(plain)).max() > 1e-3
+    params = apply_lora(base, lora, cfg, jax.random.key(5))
+    layer_keys = [jax.random.key_data(params["layers"][t].dropout_key) for t in LAYER_TARGETS]
+    assert all(k.shape[0] == CONFIG.n_layers for k in layer_keys)
+    rows = {tuple(np.asarray(k).ravel()) for keys in layer_keys for k in keys}
+    assert len(rows) == CONFIG.n_layers * len(LAYER_TARGETS)  # independent draws, as PEFT's separate modules
+    grads = jax.grad(lambda ad: jnp.sum(llada.forward(CONFIG, policy_params(ad, base, cfg, jax.random.key(5)),
+                                                      IDS) ** 2))(lora)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="dropout"):
+        LoRAConfig(dropout=1.0)

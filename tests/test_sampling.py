@@ -448,6 +448,18 @@ def test_sampler_config_argument_equals_keywords(tiny, golden):
         generate(config, params, golden["gen_prompt"], sampler_config(**kw), steps=4)  # raises before compiling
 
 
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_raw_prngkey_equals_its_typed_key(tiny, golden, top_k):
+    """A raw uint32 key (jax.random.PRNGKey, as the trainer passes) samples exactly like the same typed key; it was
+    once mistaken for replayed noise and failed to broadcast."""
+    config, params = tiny
+    kw = dict(steps=4, gen_length=8, block_length=4, temperature=0.7, top_k=top_k, remasking="random", record=True)
+    raw = generate(config, params, golden["gen_prompt"], rng=jax.random.PRNGKey(3), **kw)
+    typed = generate(config, params, golden["gen_prompt"], rng=jax.random.wrap_key_data(jax.random.PRNGKey(3)), **kw)
+    for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(typed)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("temp", [0.0, 0.8])
 def test_eos_options_match_reference(temp, tiny):
     """logits_eos_inf and confidence_eos_eot_inf (with the reference's aliasing quirk) on an EOS-biased model;

@@ -84,7 +84,8 @@ def peft_target_modules(lora_config: LoRAConfig, config: LLaDAConfig) -> list[st
 def adapter_config_json(lora_config: LoRAConfig, config: LLaDAConfig, base_model: str = "") -> dict[str, Any]:
     return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
             "r": lora_config.rank, "lora_alpha": lora_config.alpha,
-            "target_modules": peft_target_modules(lora_config, config), "lora_dropout": 0.0, "bias": "none",
+            "target_modules": peft_target_modules(lora_config, config), "lora_dropout": lora_config.dropout,
+            "bias": "none",
             "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
             "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
             "alpha_pattern": {}, "inference_mode": True}

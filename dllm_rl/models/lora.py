@@ -10,6 +10,9 @@ Two ways to run the adapted model:
   The sampler runs this path too, so the policy that samples is the policy that trains.
 - `merge_lora` (export): plain arrays W + s·A @ B, one matmul per kernel. It will not round the merged kernel into
   a bf16 W unless asked: that erases every update smaller than half a bf16 step of W.
+LoRA dropout (`LoRAConfig.dropout`, as PEFT's `lora_dropout`) acts on the adapter input only, x @ W + s·(drop(x) @ A)
+@ B, and only in a training forward that passes a key to `apply_lora`: sampling, evaluation, export and the
+reference never drop.
 The reference policy of the KL term ("LoRA off") is the base params themselves.
 """
 from __future__ import annotations
@@ -28,12 +31,14 @@ LAYER_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj",
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
-    """Rank r, scale α (the update is (α/r)·A@B), the per-layer kernels adapted, and whether the LM head is."""
+    """Rank r, scale α (the update is (α/r)·A@B), the per-layer kernels adapted, whether the LM head is, and the
+    dropout rate of the adapter input in training (0: none)."""
 
     rank: int = 64
     alpha: float = 64.0
     targets: tuple[str, ...] = LAYER_TARGETS
     lm_head: bool = False
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.rank <= 0:
@@ -43,6 +48,8 @@ class LoRAConfig:
             raise ValueError(f"LoRAConfig.targets has unknown kernel(s) {unknown}; choose from {LAYER_TARGETS}")
         if not self.targets and not self.lm_head:
             raise ValueError("LoRAConfig adapts nothing: give targets or set lm_head=True")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def scale(self) -> float:
@@ -51,21 +58,23 @@ class LoRAConfig:
 
 @jax.tree_util.register_pytree_node_class
 class LoRAWeight:
-    """A frozen kernel W [.., in, out] with a low-rank update; `x @ self` = x @ W + scale·(x @ A) @ B.
+    """A frozen kernel W [.., in, out] with a low-rank update; `x @ self` = x @ W + scale·(drop(x) @ A) @ B.
 
     Quacks like the kernel where the model uses it (`.astype`, right-matmul, `.shape`, `.dtype`); `lax.scan` over
-    stacked layers slices W, A and B together since they are the pytree children.
+    stacked layers slices W, A, B and the dropout keys (one per layer, [..] keys; None: no dropout) together since
+    they are the pytree children.
     """
 
-    def __init__(self, w, a, b, scale: float):
+    def __init__(self, w, a, b, scale: float, dropout_key=None, dropout: float = 0.0):
         self.w, self.a, self.b, self.scale = w, a, b, scale
+        self.dropout_key, self.dropout = dropout_key, dropout
 
     def tree_flatten(self):
-        return (self.w, self.a, self.b), self.scale
+        return (self.w, self.a, self.b, self.dropout_key), (self.scale, self.dropout)
 
     @classmethod
-    def tree_unflatten(cls, scale, children):
-        return cls(*children, scale)
+    def tree_unflatten(cls, aux, children):
+        return cls(*children[:3], aux[0], children[3], aux[1])
 
     @property
     def shape(self):
@@ -76,10 +85,19 @@ class LoRAWeight:
         return self.w.dtype
 
     def astype(self, dtype) -> "LoRAWeight":
-        return LoRAWeight(self.w.astype(dtype), self.a.astype(dtype), self.b.astype(dtype), self.scale)
+        return LoRAWeight(self.w.astype(dtype), self.a.astype(dtype), self.b.astype(dtype), self.scale,
+                          self.dropout_key, self.dropout)
 
     def __rmatmul__(self, x):
-        return x @ self.w + ((x @ self.a) @ self.b) * jnp.asarray(self.scale, x.dtype)
+        x_in = x if self.dropout_key is None else _dropout(self.dropout_key, self.dropout, x)
+        return x @ self.w + ((x_in @ self.a) @ self.b) * jnp.asarray(self.scale, x.dtype)
+
+
+def _dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
+    """Inverted dropout (torch's nn.Dropout): each entry zeroed with probability `rate`, the rest scaled by
+    1/(1 − rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
 def _targets(base: Params, config: LoRAConfig) -> list[tuple[tuple[str, ...], Any]]:
@@ -124,10 +142,24 @@ def _with_targets(base: Params, config: LoRAConfig, make) -> Params:
     return out
 
 
-def apply_lora(base: Params, lora: Params, config: LoRAConfig) -> Params:
-    """Params for `llada.forward` with an added low-rank path on each target (usable inside jit; see module doc)."""
+def _dropout_keys(base: Params, config: LoRAConfig, rng: jax.Array | None) -> dict:
+    """{path: key, or [Ly] keys for stacked kernels} of every target (independent draws per target and layer, as
+    PEFT's separate dropout modules); {} without dropout."""
+    if rng is None or not config.dropout:
+        return {}
+    targets = _targets(base, config)
+    return {path: jax.random.split(key, w.shape[:-2]) if w.ndim > 2 else key
+            for key, (path, w) in zip(jax.random.split(rng, len(targets)), targets)}
+
+
+def apply_lora(base: Params, lora: Params, config: LoRAConfig, dropout_rng: jax.Array | None = None) -> Params:
+    """Params for `llada.forward` with an added low-rank path on each target (usable inside jit; see module doc).
+
+    `dropout_rng` (training forwards only) draws the adapter-input dropout of `config.dropout`; None: no dropout.
+    """
+    keys = _dropout_keys(base, config, dropout_rng)
     return _with_targets(base, config, lambda path, w: LoRAWeight(w, _get(lora, path)["a"], _get(lora, path)["b"],
-                                                                  config.scale))
+                                                                  config.scale, keys.get(path), config.dropout))
 
 
 def merge_lora(base: Params, lora: Params, config: LoRAConfig, *, dtype=None) -> Params:
@@ -172,10 +204,12 @@ def split_params(params: Params, lora_config: LoRAConfig | None, rng: jax.Array 
     return init_lora(params, lora_config, rng), params
 
 
-def policy_params(trainable: Params, frozen: Params | None, lora_config: LoRAConfig | None) -> Params:
-    """Model params of the policy: the trainable tree (full fine-tuning) or base + adapters (LoRA)."""
+def policy_params(trainable: Params, frozen: Params | None, lora_config: LoRAConfig | None,
+                  dropout_rng: jax.Array | None = None) -> Params:
+    """Model params of the policy: the trainable tree (full fine-tuning) or base + adapters (LoRA), with the
+    adapters' dropout drawn from `dropout_rng` when given (training forwards)."""
     if lora_config is None:
         return trainable
     if frozen is None:
         raise ValueError("policy_params: LoRA needs the frozen base params as `frozen`")
-    return apply_lora(frozen, trainable, lora_config)
+    return apply_lora(frozen, trainable, lora_config, dropout_rng)

@@ -33,10 +33,11 @@ def diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_con
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
-def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, *, model_config, config, lora_config):
-    """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration."""
-    return diffu_grpo.diffu_grpo_grad(trainable, frozen, batch, rng, old_logp, ref_logp,
-                                      model_config=model_config, config=config, lora_config=lora_config)
+def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=None, *, model_config, config,
+                lora_config):
+    """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration (LoRA dropout from `dropout_rng`)."""
+    return diffu_grpo.diffu_grpo_grad(trainable, frozen, batch, rng, old_logp, ref_logp, model_config=model_config,
+                                      config=config, lora_config=lora_config, dropout_rng=dropout_rng)
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))

@@ -115,9 +115,9 @@ class Trainer:
         if tok.vocab_size > cfg.embedding_size:
             raise TrainError(f"tokenizer has {tok.vocab_size} tokens, the model only {cfg.embedding_size}")
 
-    def _encode(self, examples: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode(self, examples: Sequence[dict], keep_last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         texts = render_prompts(self.tokenizer, self.task, examples, style=self.train_cfg.prompt_style)
-        return self.tokenizer.batch_encode(texts, max_length=self.train_cfg.max_prompt_length)
+        return self.tokenizer.batch_encode(texts, max_length=self.train_cfg.max_prompt_length, keep_last=keep_last)
 
     def _dataset(self, seed: int) -> Iterator[dict]:
         return iter(make_dataset(self.task, self.train_cfg.train_split, seed=seed, shard_index=jax.process_index(),
@@ -170,14 +170,16 @@ class Trainer:
 
     # ---- one RL step -----------------------------------------------------------------------------------------
 
-    def _rollout(self, trainable, frozen, examples, key):
-        """Placed prompt ids and mask (G rows per prompt), the device rollout, advantages and metrics."""
-        ids, mask = self._encode(examples)
+    def _rollout(self, trainable, frozen, examples, key, sampler=None, keep_last: int | None = None):
+        """Placed prompt ids and mask (G rows per prompt), the device rollout, advantages and metrics.
+
+        `sampler` replaces the configured rollout sampler (d1's LLaDA semantics); keep_last left-truncates prompts."""
+        ids, mask = self._encode(examples, keep_last)
         ids = self.place_batch(np.repeat(ids, self.group, axis=0))
         mask = self.place_batch(np.repeat(mask, self.group, axis=0))
         params = steps.sampling_params(trainable, frozen, self.cfg.lora)
         start = time.perf_counter()
-        rollout = generate(self.model_config, params, ids, self.cfg.rollout, attention_mask=mask, rng=key,
+        rollout = generate(self.model_config, params, ids, sampler or self.cfg.rollout, attention_mask=mask, rng=key,
                            mesh=self.mesh)
         completion = np.asarray(rollout.tokens)[:, ids.shape[1]:]
         seconds = time.perf_counter() - start
@@ -220,23 +222,33 @@ class Trainer:
         return grads, info
 
     def _diffu_micro_batches(self, trainable, frozen, examples_per_micro, key):
-        """Rollouts of every micro-batch and their old/ref log-probs per inner iteration (d1's μ updates)."""
+        """Rollouts of every micro-batch and their old/ref log-probs per prompt mask (d1's μ updates).
+
+        Rollouts use LLaDA's sampler semantics (record=False: low confidence from the untempered softmax, no
+        truncation record, no early stop), as d1 samples. Old/ref log-probs are computed only for the masks the
+        micro-batch uses (`diffu_grpo.mask_index`); the others are None.
+        """
         cfg, out = self.cfg.diffu_grpo, []
         kw = dict(model_config=self.model_config, config=cfg)
+        llada_sampler = dataclasses.replace(self.cfg.rollout, record=False, early_stop=False)
         for i, examples in enumerate(examples_per_micro):
             roll_key, mask_key = jax.random.split(jax.random.fold_in(key, i))
-            ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key)
+            ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key, llada_sampler,
+                                                                 keep_last=cfg.prompt_keep_last)
             completion = rollout.tokens[:, ids.shape[1]:]
             batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion,
                                               diffu_grpo.completion_mask(completion, self.model_config.eos_token_id),
                                               advantages)
             keys = diffu_grpo.iteration_keys(mask_key, cfg.num_iterations)
+            used = {diffu_grpo.mask_index(g, i, cfg) for g in range(cfg.num_iterations)}
             old = None
             if cfg.num_iterations > 1:
-                old = [steps.diffu_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw) for k in keys]
+                old = [steps.diffu_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw)
+                       if j in used else None for j, k in enumerate(keys)]
             ref = None
             if cfg.beta:
-                ref = [steps.diffu_logps(self.base_params, None, batch, k, lora_config=None, **kw) for k in keys]
+                ref = [steps.diffu_logps(self.base_params, None, batch, k, lora_config=None, **kw)
+                       if j in used else None for j, k in enumerate(keys)]
             out.append((batch, keys, old, ref, info))
         return out
 
@@ -253,23 +265,30 @@ class Trainer:
         return trainable, opt_state, infos, [grad_norm]
 
     def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key):
-        """μ = num_iterations optimizer updates on the same rollouts, as d1."""
-        prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, key)
+        """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (d1's `clip_ratio`
+        beside ours) are means over the μ updates, as d1's logger averages the calls between two logs."""
+        prep_key, dropout_key = jax.random.split(key)
+        prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, prep_key)
         infos, grad_norms, cfg = [p[-1] for p in prepared], [], self.cfg.diffu_grpo
+        logged = [[] for _ in prepared]
         t0 = time.perf_counter()
         for it in range(cfg.num_iterations):
             grad_sum = None
-            for batch, keys, old, ref, info in prepared:
-                loss, grads, m = steps.diffu_grads(trainable, frozen, batch, keys[it],
-                                                   None if old is None else old[it], None if ref is None else ref[it],
-                                                   model_config=self.model_config, config=cfg,
-                                                   lora_config=self.cfg.lora)
+            for m, (batch, keys, old, ref, info) in enumerate(prepared):
+                j = diffu_grpo.mask_index(it, m, cfg)
+                loss, grads, metrics = steps.diffu_grads(
+                    trainable, frozen, batch, keys[j], None if old is None else old[j], None if ref is None else ref[j],
+                    jax.random.fold_in(dropout_key, it * len(prepared) + m), model_config=self.model_config,
+                    config=cfg, lora_config=self.cfg.lora)
                 grad_sum = _add(grad_sum, grads)
                 del grads
-                info.update(loss=float(loss), **{k: float(v) for k, v in m.items() if k in ("clip_fraction", "kl")})
+                logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items()
+                                                    if k in ("clip_fraction", "clip_ratio", "kl")}))
             grads = steps.divide(grad_sum, len(prepared))
             trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
             grad_norms.append(grad_norm)
+        for info, rows in zip(infos, logged):
+            info.update({k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]})
         infos[0]["loss_seconds"] = time.perf_counter() - t0
         return trainable, opt_state, infos, grad_norms
 

@@ -117,8 +117,7 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
         draws = prepare_draws(sampler, draws, np.shape(prompt_ids))
     elif needs_random and rng is None:
         raise SamplerInputError("rng (a jax.random key) is required when temperature > 0 or remasking='random'")
-    if not needs_random:
-        rng = None
+    rng = typed_key(rng) if needs_random else None
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     if attention_mask is not None:
         attention_mask = jnp.asarray(attention_mask, jnp.int32)
@@ -126,6 +125,14 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
         prompt_ids, attention_mask, params = _place_on_mesh(mesh, prompt_ids, attention_mask, params)
     return _generate(config, sampler, compute_dtype, attention_impl, params, prompt_ids, attention_mask, rng,
                      draws)
+
+
+def typed_key(rng):
+    """A typed key for a raw uint32 key (`jax.random.PRNGKey`) too: the sampler tells keys from replayed noise by
+    the key dtype. Same random stream as the raw key."""
+    if rng is None or jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng
+    return jax.random.wrap_key_data(rng)
 
 
 def lower(config: llada.LLaDAConfig, sampler: SamplerConfig, params, prompt_ids, attention_mask=None, rng=None, *,
