@@ -33,6 +33,8 @@ setup(
         "pyarrow>=15",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7"],
+        # nbclient + ipykernel execute notebooks/*.ipynb in tests/test_notebooks.py (no network needed).
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7", "nbclient>=0.10,<0.12",
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
     },
 )

@@ -36,7 +36,7 @@ def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf_dir", required=True, help="HF model folder (config.json + *.safetensors)")
     parser.add_argument("--out_dir", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
@@ -52,4 +52,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.cli import run_main  # one-line user errors, quiet third-party logging
+
+    run_main(main)

@@ -1,5 +1,7 @@
-"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard, and plots.
+"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard (plots: `dllm_rl.plots`).
 
+In a multi-host run only process 0's writer is `active`; the others' writes only return the row. The workdir may be
+local or gs:// (etils `epath`); object stores cannot append, so there the (small) file is rewritten per row.
 On resume, `MetricsWriter(workdir, resume_step=k)` drops rows logged after step k (they belong to the run that
 was interrupted and will be logged again), so the file always reads as one uninterrupted run.
 """
@@ -8,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
+
+from dllm_rl import paths
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -26,11 +30,11 @@ def _to_python(value: Any) -> Any:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """All rows of `workdir/metrics.jsonl` (an empty list when there is none); a torn last line is skipped."""
-    path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    if not os.path.exists(path):
+    path = paths.absolute(workdir) / METRICS_FILE
+    if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8") as f:
         for line in f:
             try:
                 rows.append(json.loads(line))
@@ -42,16 +46,18 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 class MetricsWriter:
     """Appends metric rows to JSONL and TensorBoard; keeps the JSONL consistent across resumes."""
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True,
+                 active: bool = True):
+        self.active = active
+        if not active:
+            return
         self.workdir = os.fspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
-        self.path = os.path.join(self.workdir, METRICS_FILE)
+        self.path = paths.absolute(self.workdir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.workdir) if resume_step is not None and r.get("step", 0) <= resume_step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._lines = [json.dumps(r) + "\n" for r in kept]
+        _replace_bytes(self.path, "".join(self._lines).encode())
+        self._file = None if paths.is_remote(self.path) else open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -61,9 +67,15 @@ class MetricsWriter:
     def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
         row = {"step": int(step)}
         row.update({k: _to_python(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if not self.active:
+            return row
+        if self._file is None:
+            self._lines.append(json.dumps(row) + "\n")
+            _replace_bytes(self.path, "".join(self._lines).encode())
+        else:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -72,7 +84,10 @@ class MetricsWriter:
         return row
 
     def close(self) -> None:
-        self._file.close()
+        if not self.active:
+            return
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -83,27 +98,8 @@ class MetricsWriter:
         self.close()
 
 
-def plot_metrics(workdir: str | os.PathLike, keys: Iterable[str] = ("reward_mean", "eval_reward_mean"),
-                 out_name: str = "reward_curve.png") -> str | None:
-    """Plots the given keys against step into `workdir/out_name`; returns the path (None if nothing to plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(workdir)
-    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
-    if not keys:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
-    ax.set_xlabel("step")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = os.path.join(os.fspath(workdir), out_name)
-    fig.savefig(path + ".tmp.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-    return path
+def _replace_bytes(path, data: bytes) -> None:
+    """Writes `data` to a temporary sibling, then renames it onto `path` (readers never see a partial file)."""
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -39,6 +39,7 @@ import numpy as np
 
 from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
+from experiments.cli import make_parser, run_main
 
 CONFIG_8B = LLADA_8B_META_DIR / "config.json"
 
@@ -413,7 +414,7 @@ COMMANDS = {"sampler": (add_sampler_args, run_sampler), "sampler_profile": (add_
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, _) in COMMANDS.items():
         add_args(sub.add_parser(name))
@@ -424,4 +425,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

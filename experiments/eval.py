@@ -16,20 +16,26 @@ special tokens kept (as AGRPO's eval does) and graded with `task.score`:
 
 Writes, under --out_dir: `{task}_{split}_len{L}.jsonl` (one line per example: index, prompt, completion,
 reference, extracted, correct, extracted_strict, correct_strict), `summary.json` (accuracy in % per task
-and length) and `summary.md` (the same as a table).
+and length) and `summary.md` (the same as a table). `--trajectories N` also writes, per task and length, the
+denoising trajectories of the first N examples (`{task}_{split}_len{L}_trajectory{i}.png`, drawn by
+`dllm_rl.plots.trajectory_figure`; those examples are generated once more, in a batch of their own).
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import errno
 import json
+import os
 import pathlib
 import time
 
+from dllm_rl.sampling import SamplerInputError
 from dllm_rl.tasks import get_task, list_tasks, warm_up_math_verify
+from experiments.cli import make_parser, run_main
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = make_parser(__doc__)
     p.add_argument("--task", required=True, help=f"comma-separated task names: {','.join(list_tasks())}")
     p.add_argument("--split", default=None, help="split to evaluate (default: each task's test split)")
     p.add_argument("--lengths", default="128,256,512", help="comma-separated generation lengths")
@@ -45,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer_dir", default=None, help="tokenizer.json folder (default: the model folder)")
     p.add_argument("--dtype", default="bfloat16",
                    help="parameter dtype for --hf_dir (float32, bfloat16); --ckpt_dir loads as saved")
+    p.add_argument("--trajectories", type=int, default=0,
+                   help="also draw the denoising trajectories of the first N examples as PNGs in --out_dir")
     p.add_argument("--out_dir", required=True)
     args = p.parse_args(argv)
     if (args.hf_dir is None) == (args.ckpt_dir is None):
@@ -63,9 +71,23 @@ def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
     steps = int(round(length * steps_per_token))
     blocks = length // block_length
     if length % block_length or steps <= 0 or steps % blocks:
-        raise SystemExit(f"length {length}: needs length % block_length == 0 and steps ({steps}) divisible by "
-                         f"the {blocks} blocks; change --lengths, --block_length or --steps_per_token")
+        raise SamplerInputError(f"length {length}: needs length % block_length == 0 and steps ({steps}) divisible "
+                                f"by the {blocks} blocks; change --lengths, --block_length or --steps_per_token")
     return steps
+
+
+def write_trajectories(config, params, tokenizer, task, examples, sampler, args, stem: str) -> list[str]:
+    """Trajectory PNGs `{stem}_trajectory{i}.png` of `examples`, generated in one batch with the eval's
+    sampler and prompt rendering."""
+    from dllm_rl.plots import save_figure, trajectory_figure
+    from dllm_rl.sampling import generate
+    from dllm_rl.tasks import render_prompts
+
+    prompts = render_prompts(tokenizer, task, examples, style=args.prompt_style)
+    ids_NxP, mask_NxP = tokenizer.batch_encode(prompts, keep_last=args.max_prompt_tokens)
+    rollout = generate(config, params, ids_NxP, attention_mask=mask_NxP, **dataclasses.asdict(sampler))
+    return [save_figure(trajectory_figure(rollout, tokenizer, i), f"{stem}_trajectory{i}.png")
+            for i in range(len(examples))]
 
 
 def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: pathlib.Path) -> dict:
@@ -93,6 +115,9 @@ def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: path
                                     "reference": task.reference_answer(example), "extracted": g.score.extracted,
                                     "correct": g.score.correct, "extracted_strict": g.strict.extracted,
                                     "correct_strict": g.strict.correct}, ensure_ascii=False) + "\n")
+        if args.trajectories:
+            write_trajectories(config, params, tokenizer, task, examples[:args.trajectories], sampler, args,
+                               str(out_dir / f"{task_name}_{split}_len{length}"))
         results[str(length)] = {"split": split, "n": len(examples), "steps": steps, "block_length": args.block_length,
                                 "accuracy": 100 * correct / len(examples),
                                 "accuracy_strict": 100 * correct_strict / len(examples),
@@ -111,8 +136,17 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_folders(args) -> None:
+    """A missing model or tokenizer folder is named before anything is loaded."""
+    for flag in ("hf_dir", "ckpt_dir", "tokenizer_dir"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, f"no such folder; check --{flag}", path)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_folders(args)
     task_names = args.task.split(",")
     for name in task_names:
         get_task(name)  # fail fast on a typo or a bad length, before loading a model
@@ -131,4 +165,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

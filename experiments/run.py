@@ -3,6 +3,13 @@
 gin lives only here (docs/architecture.md): the configs bind the library's frozen dataclasses, `experiment()` builds one
 `ExperimentConfig`, gin is finalized, and the operative config is saved to `WORKDIR/operative_config.gin`.
 Re-running with the same workdir resumes from its latest checkpoint.
+
+Multi-host (one process per host, the same command on every host; JAX SPMD over all hosts' devices):
+`--coordinator_address HOST:PORT --num_processes N --process_id I` are passed to `jax.distributed.initialize`.
+With none of them, `jax.distributed.initialize()` is called without arguments (auto-detection) on a multi-host
+Cloud TPU VM (`TPU_WORKER_HOSTNAMES` lists several workers) or with `--distributed` (Slurm, Open MPI, GKE); else
+the run is single-process. gloo CPU collectives are turned on, so fake CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=4`) of several processes form one mesh.
 """
 from __future__ import annotations
 
@@ -13,7 +20,9 @@ import sys
 
 import gin
 
+from dllm_rl import paths
 from dllm_rl.models.lora import LoRAConfig
+from dllm_rl.parallel import multihost
 from dllm_rl.parallel.mesh import MeshConfig
 from dllm_rl.rl.agrpo import AGRPOConfig
 from dllm_rl.rl.diffu_grpo import DiffuGRPOConfig
@@ -63,23 +72,36 @@ def main(argv=None) -> int:
     parser.add_argument("--gin_binding", action="append", default=[], help="extra binding, e.g. 'TrainConfig.seed=1'")
     parser.add_argument("--workdir", required=True, help="output folder; re-use it to resume")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--coordinator_address", help="multi-host: HOST:PORT of process 0's coordinator")
+    parser.add_argument("--num_processes", type=int, help="multi-host: number of processes (one per host)")
+    parser.add_argument("--process_id", type=int, help="multi-host: this process's index in [0, num_processes)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host with auto-detected arguments (implied on a multi-host TPU VM)")
     args = parser.parse_args(argv)
+    explicit = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        parser.error("--coordinator_address, --num_processes and --process_id go together")
+    if multihost.wants_distributed(args.coordinator_address, args.distributed):
+        multihost.initialize(*explicit)
     config = parse_config(args.gin, args.gin_binding)
     try:
         trainer = Trainer(config, args.workdir)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with open(os.path.join(args.workdir, "operative_config.gin"), "w", encoding="utf-8") as f:
-        f.write(gin.operative_config_str())
+    if multihost.is_primary():
+        (paths.absolute(args.workdir) / "operative_config.gin").write_text(gin.operative_config_str())
     rows = trainer.train(progress=not args.no_progress)
     evals = [r for r in rows if "eval_accuracy" in r]
     if evals:
         print(f"eval_accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
               f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})")
-    print(f"metrics: {os.path.join(args.workdir, 'metrics.jsonl')}")
+    if multihost.is_primary():
+        print(f"metrics: {os.path.join(args.workdir, 'metrics.jsonl')}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.cli import run_main
+
+    run_main(main)

@@ -11,7 +11,7 @@ def test_eval_writes_per_example_jsonl_and_summaries(tmp_path, tiny_dir, tiny_to
     cmd = [sys.executable, "-m", "experiments.eval", "--task", "gsm8k,sudoku", "--lengths", "32,64",
            "--block_length", "32", "--limit", "3", "--batch_size", "2", "--max_prompt_tokens", "48",
            "--hf_dir", str(tiny_dir), "--tokenizer_dir", str(tiny_tokenizer_dir), "--dtype", "float32",
-           "--out_dir", str(out)]
+           "--trajectories", "1", "--out_dir", str(out)]
     subprocess.run(cmd, check=True, timeout=600)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"gsm8k", "sudoku"} and set(summary["gsm8k"]) == {"32", "64"}
@@ -24,6 +24,8 @@ def test_eval_writes_per_example_jsonl_and_summaries(tmp_path, tiny_dir, tiny_to
             assert all(0.0 <= r["correct"] <= 1.0 for r in rows)
             accuracy = 100 * sum(r["correct"] for r in rows) / 3
             assert summary[task][str(length)]["accuracy"] == pytest.approx(accuracy)
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert pictures == [f"{t}_test_len{n}_trajectory0.png" for t in ("gsm8k", "sudoku") for n in (32, 64)]
     table = (out / "summary.md").read_text()
     assert table.startswith("| task | split | length") and table.count("\n") == 2 + 4
 
@@ -32,4 +34,4 @@ def test_eval_rejects_a_length_the_blocks_cannot_split(tmp_path, tiny_dir):
     result = subprocess.run([sys.executable, "-m", "experiments.eval", "--task", "gsm8k", "--lengths", "48",
                              "--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode != 0 and "block_length" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("error: length 48") and "block_length" in result.stderr

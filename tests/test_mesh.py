@@ -107,3 +107,15 @@ def test_sharded_forward_and_restore_on_8_fake_devices(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "SHARDED_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_replicate_off_mesh_places_optimizer_counters():
+    import jax.numpy as jnp
+    import optax
+
+    mesh = pm.make_mesh({"data": -1})
+    params = {"w": jax.device_put(jnp.ones((4, 2)), pm.batch_sharding(mesh, 2))}
+    state = pm.replicate_off_mesh(optax.adam(1e-3).init(params), mesh)
+    counts = [x for x in jax.tree.leaves(state) if x.ndim == 0]
+    assert counts and all(c.sharding == pm.replicated(mesh) for c in counts)
+    assert state[0].mu["w"].sharding == params["w"].sharding  # moments keep the params' layout

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from dllm_rl.metrics import MetricsWriter, plot_metrics, read_metrics
+from dllm_rl.metrics import MetricsWriter, read_metrics
 
 
 def test_rows_scalars_and_tensorboard(tmp_path):
@@ -30,12 +30,3 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
 def test_torn_last_line_is_ignored(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "rew')
     assert read_metrics(tmp_path) == [{"step": 1}]
-
-
-def test_plot(tmp_path):
-    with MetricsWriter(tmp_path, tensorboard=False) as w:
-        for s in range(4):
-            w.write(s, {"reward_mean": s * 0.1, **({"eval_reward_mean": 0.2} if s % 2 == 0 else {})})
-    path = plot_metrics(tmp_path)
-    assert path and os.path.getsize(path) > 1000 and open(path, "rb").read(4) == b"\x89PNG"
-    assert plot_metrics(tmp_path, keys=("absent",)) is None

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from dllm_rl.rl.config import ModelSource
+from experiments import run
 from experiments.run import parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,3 +32,25 @@ def test_gin_typo_fails_with_gins_message():
 def test_mc_samples_larger_than_steps_is_rejected_by_gin_parse():
     with pytest.raises(ValueError, match="mc_samples K=9 exceeds sampling_steps"):
         parse_config([DEMO], ["dllm_rl.AGRPOConfig.mc_samples = 9"])
+
+
+class _Started(Exception):
+    pass
+
+
+def test_multi_host_flags_reach_jax_distributed_initialize(monkeypatch):
+    calls = []
+
+    def initialize(*args):
+        calls.append(args)
+        raise _Started
+
+    monkeypatch.setattr(run.multihost, "initialize", initialize)
+    with pytest.raises(_Started):
+        run.main(["--gin", DEMO, "--workdir", "unused", "--coordinator_address", "10.0.0.1:1234",
+                  "--num_processes", "2", "--process_id", "1"])
+    with pytest.raises(_Started):
+        run.main(["--gin", DEMO, "--workdir", "unused", "--distributed"])  # auto-detected arguments
+    assert calls == [("10.0.0.1:1234", 2, 1), (None, None, None)]
+    with pytest.raises(SystemExit):
+        run.main(["--gin", DEMO, "--workdir", "unused", "--coordinator_address", "10.0.0.1:1234"])

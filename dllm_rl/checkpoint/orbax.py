@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Iterable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dllm_rl import paths
 from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
 from dllm_rl.models.llada import LLaDAConfig, param_shapes
 
@@ -30,7 +30,7 @@ def leaf_names(tree: Any) -> list[str]:
 
 def _manager(directory: str, names: list[str], create: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+    return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                  item_handlers={n: ocp.StandardCheckpointHandler() for n in names})
 
 
@@ -47,11 +47,11 @@ def save_params(directory: str | os.PathLike, params: Any, step: int = 0) -> Non
 def save_params_streaming(directory: str | os.PathLike, leaves: Iterable[tuple[str, Any]], step: int = 0) -> None:
     """Writes (item name, array) pairs one at a time into step `step`: the same layout as `save_params`, but
     only one leaf is ever in memory (used by the converter). `directory` must be new (e.g. a temp dir)."""
-    step_dir = os.path.join(os.fspath(directory), str(step))
-    os.makedirs(step_dir)
+    step_dir = paths.absolute(directory) / str(step)
+    step_dir.mkdir(parents=True)
     with ocp.StandardCheckpointer() as checkpointer:
         for name, leaf in leaves:
-            checkpointer.save(os.path.join(step_dir, name), {"value": leaf})
+            checkpointer.save(step_dir / name, {"value": leaf})
             checkpointer.wait_until_finished()
 
 
@@ -69,14 +69,14 @@ def abstract_params(config: LLaDAConfig, dtype: Any, shardings: Any = None) -> A
 def restore_params(directory: str | os.PathLike, target: Any, step: int | None = None) -> Any:
     """Restores params onto the shardings/dtypes of the abstract `target`; latest step by default."""
     directory = os.fspath(directory)
-    if not os.path.isdir(directory):
+    if not paths.absolute(directory).is_dir():
         raise CheckpointError(f"{directory}: no Orbax checkpoint directory; run `python -m dllm_rl.convert` first")
     names = leaf_names(target)
     with _manager(directory, names, create=False) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"{directory}: holds no finished Orbax checkpoint step")
-        missing = [n for n in names if not os.path.isdir(os.path.join(directory, str(step), n))]
+        missing = [n for n in names if not (paths.absolute(directory) / str(step) / n).is_dir()]
         if missing:
             raise CheckpointError(f"{directory}/{step}: missing parameter items {missing}; the checkpoint does not "
                                   "belong to this config or was written by another tool")
@@ -90,26 +90,36 @@ def restore_params(directory: str | os.PathLike, target: Any, step: int | None =
 
 def write_model_dir(out_dir: str | os.PathLike, config_json: dict, leaves: Iterable[tuple[str, Any]]) -> None:
     """Writes a model folder from a stream of (item name, array): `config.json` (HF keys) + `params/`."""
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config_json, f, indent=2)
-    save_params_streaming(os.path.join(out_dir, PARAMS_DIR), leaves)
+    _write_config(out_dir, config_json)
+    save_params_streaming(paths.absolute(out_dir) / PARAMS_DIR, leaves)
+
+
+def _write_config(out_dir: str | os.PathLike, config_json: dict) -> None:
+    out_dir = paths.absolute(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config_json, indent=2))
 
 
 def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
     """Copies the generation-config and tokenizer files that exist in `src_dir` into a model folder."""
     for name in SIDE_FILES:
-        src = os.path.join(src_dir, name)
-        if os.path.exists(src):
-            shutil.copy2(src, os.path.join(dst_dir, name))
+        src = paths.absolute(src_dir) / name
+        if src.exists():
+            src.copy(paths.absolute(dst_dir) / name, overwrite=True)
 
 
 def save_orbax(out_dir: str | os.PathLike, config: LLaDAConfig | dict, params: Any) -> None:
-    """Writes a model folder loadable by `load_orbax` from in-memory params. Not atomic by itself (callers write
-    into `dllm_rl.atomic.atomic_directory`)."""
+    """Writes a model folder loadable by `load_orbax` from in-memory params (local or gs://). Not atomic by itself
+    (callers write into `dllm_rl.atomic.atomic_directory`). Params spread over several processes are written by
+    all of them together: every process must call it."""
     config_json = config if isinstance(config, dict) else config.to_hf_dict()
-    write_model_dir(out_dir, config_json, zip(leaf_names(params), (np.asarray(x) for x in jax.tree.leaves(params))))
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params)):
+        write_model_dir(out_dir, config_json, zip(leaf_names(params), (np.asarray(x) for x in jax.tree.leaves(params))))
+        return
+    # Each process writes its own shards through one Orbax manager (the same on-disk layout).
+    if jax.process_index() == 0:
+        _write_config(out_dir, config_json)
+    save_params(paths.absolute(out_dir) / PARAMS_DIR, params)
 
 
 def load_orbax(ckpt_dir: str | os.PathLike, dtype: Any = None, shardings: Any = None) -> tuple[LLaDAConfig, Any]:

@@ -102,7 +102,7 @@ def run(args) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_dir", required=True, help="Orbax model folder: the base the run started from "
                         "(with --lora_dir), or W/final_model (already merged; then no --lora_dir)")
     parser.add_argument("--lora_dir", help="trainer workdir W, W/checkpoints, one step folder, or a PEFT folder")
@@ -124,4 +124,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.cli import run_main  # one-line user errors, quiet third-party logging
+
+    run_main(main)

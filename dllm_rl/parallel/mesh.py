@@ -135,3 +135,13 @@ def check_divisible(shapes: Any, shardings: Any, what: str = "parameter") -> Non
                 raise ValueError(f"{what} {jax.tree_util.keystr(path)} dimension {dim} is not divisible by "
                                  f"mesh axes {axes} (size {size}); change MeshConfig.shape or MeshConfig.rules")
     jax.tree_util.tree_map_with_path(check, shapes, shardings, is_leaf=lambda s: isinstance(s, tuple))
+
+
+def replicate_off_mesh(tree: Any, mesh: Mesh) -> Any:
+    """Leaves not laid out on `mesh` (e.g. the optimizer's step counters, made on one device by `tx.init`) become
+    global arrays replicated over it, as multi-process programs and checkpoints need; the rest are unchanged."""
+    def place(x):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x))
+    return jax.tree.map(place, tree)

@@ -9,6 +9,7 @@ import dataclasses
 import os
 from typing import Any
 
+from dllm_rl import paths
 from dllm_rl.checkpoint import load_model
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
@@ -25,8 +26,9 @@ class TrainError(ValueError):
 
 def resolve_path(path: str) -> str:
     """A path as given, or, when it does not exist relative to the working directory, relative to the folder
-    holding the `dllm_rl` package (so configs naming `dllm_rl/assets/...` work from any directory)."""
-    if os.path.isabs(path) or os.path.exists(path):
+    holding the `dllm_rl` package (so configs naming `dllm_rl/assets/...` work from any directory). Remote URLs
+    (gs://...) are returned as they are."""
+    if paths.is_remote(path) or os.path.isabs(path) or os.path.exists(path):
         return path
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     candidate = os.path.join(package_parent, path)
@@ -53,10 +55,10 @@ class ModelSource:
         if len(given) != 1:
             raise TrainError(f"ModelSource needs exactly one of ckpt_dir, hf_dir, init_config; got {given or 'none'}")
         path = self.path(given[0])
-        if not os.path.exists(path):
+        if not paths.absolute(path).exists():
             raise TrainError(f"ModelSource.{given[0]}={getattr(self, given[0])!r} does not exist; convert the model "
                              "first (python -m dllm_rl.convert) or fix the path")
-        if not os.path.exists(os.path.join(self.tokenizer_path, "tokenizer.json")):
+        if not (paths.absolute(self.tokenizer_path) / "tokenizer.json").exists():
             raise TrainError(f"no tokenizer.json in {self.tokenizer_path!r}; set ModelSource.tokenizer_dir")
 
     def path(self, field: str) -> str | None:

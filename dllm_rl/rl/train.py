@@ -30,12 +30,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from dllm_rl import metrics as metrics_lib
+from dllm_rl import metrics as metrics_lib, paths, plots
 from dllm_rl.atomic import atomic_directory
 from dllm_rl.checkpoint import copy_side_files, save_orbax
 from dllm_rl.export import export_peft
 from dllm_rl.models import llada, lora as lora_lib
-from dllm_rl.parallel import mesh as mesh_lib
+from dllm_rl.parallel import mesh as mesh_lib, multihost
 from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, steps, train_state
 from dllm_rl.rl.config import ExperimentConfig, TrainError
 from dllm_rl.rl.optimizer import make_optimizer, make_sft_optimizer
@@ -61,8 +61,8 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.train_cfg = cfg.train
-        self.workdir = os.fspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        self.workdir = os.fspath(workdir)  # local or gs://
+        paths.absolute(self.workdir).mkdir(parents=True, exist_ok=True)
         self.task = get_task(cfg.train.task)
         self.tokenizer = Tokenizer.from_dir(cfg.model.tokenizer_path)
         self.mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -94,8 +94,11 @@ class Trainer:
         return jax.device_put(adapters, shardings)
 
     def place_batch(self, x):
-        """A [B, ...] host array split over the batch axes of the rules."""
-        return jax.device_put(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x), self.rules))
+        """A [B, ...] host array (the same on every process) split over the batch axes of the rules; each process
+        contributes only the rows its devices hold."""
+        sharding = mesh_lib.batch_sharding(self.mesh, np.ndim(x), self.rules)
+        rows = np.asarray(x)[multihost.local_rows(sharding, len(x))]
+        return multihost.place_rows(rows, sharding, len(x))
 
     def _check_batches(self) -> None:
         tc = self.train_cfg
@@ -104,6 +107,9 @@ class Trainer:
             sizes["SFT batch"] = tc.sft_batch_size
         for what, rows in sizes.items():
             _as_train_error(mesh_lib.check_divisible, (rows,), mesh_lib.batch_sharding(self.mesh, 1, self.rules), what)
+        if jax.process_count() > 1 and tc.eval_every:
+            raise TrainError("in-training evaluation reads whole rollouts on one host and does not run multi-host yet; "
+                             "set TrainConfig.eval_every = 0 and evaluate final_model with experiments.eval")
 
     def _check_tokenizer(self) -> None:
         tok, cfg = self.tokenizer, self.model_config
@@ -120,8 +126,10 @@ class Trainer:
         return self.tokenizer.batch_encode(texts, max_length=self.train_cfg.max_prompt_length, keep_last=keep_last)
 
     def _dataset(self, seed: int) -> Iterator[dict]:
-        return iter(make_dataset(self.task, self.train_cfg.train_split, seed=seed, shard_index=jax.process_index(),
-                                 shard_count=jax.process_count()))
+        """The global example stream, identical on every process: each process then encodes the step's prompts
+        (one padded length for all hosts) and generates and scores only its own rows. One stream keeps the
+        checkpointed iterator state valid for any process count (Orbax writes it from process 0 only)."""
+        return iter(make_dataset(self.task, self.train_cfg.train_split, seed=seed))
 
     # ---- warm start and evaluation ---------------------------------------------------------------------------
 
@@ -174,33 +182,36 @@ class Trainer:
         """Placed prompt ids and mask (G rows per prompt), the device rollout, advantages and metrics.
 
         `sampler` replaces the configured rollout sampler (d1's LLaDA semantics); keep_last left-truncates prompts."""
-        ids, mask = self._encode(examples, keep_last)
-        ids = self.place_batch(np.repeat(ids, self.group, axis=0))
-        mask = self.place_batch(np.repeat(mask, self.group, axis=0))
+        host_ids, host_mask = (np.repeat(x, self.group, axis=0) for x in self._encode(examples, keep_last))
+        ids, mask = self.place_batch(host_ids), self.place_batch(host_mask)
         params = steps.sampling_params(trainable, frozen, self.cfg.lora)
         start = time.perf_counter()
-        rollout = generate(self.model_config, params, ids, sampler or self.cfg.rollout, attention_mask=mask, rng=key,
-                           mesh=self.mesh)
-        completion = np.asarray(rollout.tokens)[:, ids.shape[1]:]
+        # The sampler checks prompts on the host and places them on the mesh itself: give it the host arrays.
+        rollout = generate(self.model_config, params, host_ids, sampler or self.cfg.rollout, attention_mask=host_mask,
+                           rng=key, mesh=self.mesh)
+        sharding = ids.sharding
+        rows = multihost.local_rows(sharding, ids.shape[0])
+        completion = multihost.host_rows(rollout.tokens, sharding)[:, ids.shape[1]:]
         seconds = time.perf_counter() - start
-        texts = self.tokenizer.batch_decode(completion)
-        breakdowns = [self.task.reward(t, ex, style=self.train_cfg.reward_style)
-                      for t, ex in zip(texts, [ex for ex in examples for _ in range(self.group)])]
-        rewards = np.asarray([b.total for b in breakdowns], np.float32)
-        advantages, stats = adv_lib.group_advantages(jnp.asarray(rewards), self.group,
+        texts = self.tokenizer.batch_decode(completion)  # this process's rows only
+        breakdowns = [self.task.reward(t, examples[r // self.group], style=self.train_cfg.reward_style)
+                      for t, r in zip(texts, range(rows.start, rows.stop))]
+        entropy = None if rollout.entropy is None else multihost.host_rows(rollout.entropy, sharding)
+        names = list(breakdowns[0].components)
+        table = multihost.gather_rows(_reward_table(breakdowns, names, completion, entropy,
+                                                    self.model_config.eos_token_id), rows, ids.shape[0])
+        advantages, stats = adv_lib.group_advantages(jnp.asarray(table[:, 0].astype(np.float32)), self.group,
                                                      self.train_cfg.scale_rewards_by_std)
-        non_eos = completion != self.model_config.eos_token_id
         info = {k: float(v) for k, v in stats.items()}
-        for name in breakdowns[0].components:
-            info[f"reward/{name}"] = float(np.mean([b.components[name] for b in breakdowns]))
-        info["reward/timeouts"] = float(sum(b.timed_out for b in breakdowns))
-        info["completion_length"] = float(non_eos.sum(1).mean())
-        if rollout.entropy is not None:
-            ent = np.asarray(rollout.entropy)
-            info["entropy"] = float((ent * non_eos).sum() / max(non_eos.sum(), 1))
+        for i, name in enumerate(names):
+            info[f"reward/{name}"] = float(np.mean(table[:, 1 + i]))
+        info["reward/timeouts"] = float(table[:, 1 + len(names)].sum())
+        info["completion_length"] = float(table[:, -2].mean())
+        if entropy is not None:
+            info["entropy"] = float(table[:, -1].sum() / max(table[:, -2].sum(), 1))
         info["rollout_seconds"] = seconds
-        info["generated_tokens"] = float(completion.size)
-        return ids, mask, rollout, advantages, info
+        info["generated_tokens"] = float(ids.shape[0] * completion.shape[1])
+        return ids, mask, rollout, self.place_batch(np.asarray(advantages)), info
 
     def _agrpo_micro(self, trainable, frozen, examples, key):
         roll_key, loss_key = jax.random.split(key)
@@ -321,7 +332,7 @@ class Trainer:
             trainable = jax.tree.map(jnp.copy, trainable)  # updates donate the trainable buffers; keep the ref
         if lora is not None:
             trainable = self.place_lora(trainable)
-        return trainable, frozen, self.tx.init(trainable)
+        return trainable, frozen, mesh_lib.replicate_off_mesh(self.tx.init(trainable), self.mesh)
 
     def train(self, progress: bool = True) -> list[dict]:
         """Runs (or resumes) the training loop; returns the metric rows written by this call."""
@@ -348,7 +359,8 @@ class Trainer:
         self.base_params = base if (lora is not None or needs_ref) else None
         checkpointed_base = self.base_params if keep_base else None
         rows = []
-        with metrics_lib.MetricsWriter(self.workdir, resume_step=restored_step) as writer, _StopOnSigterm(self):
+        with metrics_lib.MetricsWriter(self.workdir, resume_step=restored_step, active=multihost.is_primary()
+                                       ) as writer, _StopOnSigterm(self):
             if restored_step is None:
                 train_state.save(manager, 0, trainable, opt_state, data.get_state(), checkpointed_base)
                 if tc.eval_every:
@@ -368,7 +380,8 @@ class Trainer:
                 if self.stop_requested:
                     break
         manager.close()
-        metrics_lib.plot_metrics(self.workdir)
+        if multihost.is_primary():
+            plots.plot_run(self.workdir)
         if tc.export_final_model and not self.stop_requested:
             self.export_final(trainable, frozen)
         self.trainable, self.frozen = trainable, frozen
@@ -404,6 +417,12 @@ class Trainer:
     def export(self, params, out_dir: str) -> None:
         """Writes the policy (LoRA merged) as a model folder that `load_model(ckpt_dir=...)` and
         `experiments.eval --ckpt_dir` read: config.json, params/ and the tokenizer files, atomically."""
+        if jax.process_count() > 1 or paths.is_remote(out_dir):  # each process writes its own shards
+            with multihost.shared_directory(out_dir) as tmp_dir:
+                save_orbax(tmp_dir, self.model_config, params)
+                if multihost.is_primary():
+                    copy_side_files(self.cfg.model.tokenizer_path, tmp_dir)
+            return
         with atomic_directory(out_dir) as tmp_dir:
             save_orbax(tmp_dir, self.model_config, params)
             copy_side_files(self.cfg.model.tokenizer_path, tmp_dir)
@@ -413,6 +432,16 @@ def _add(grad_sum, grads):
     """Running micro-batch gradient sum: the first micro-batch's tree is the buffer, later ones are added into it
     (`steps.accumulate` donates it), so peak memory does not grow with grad_accum."""
     return grads if grad_sum is None else steps.accumulate(grad_sum, grads)
+
+
+def _reward_table(breakdowns, names, completion, entropy, eos_id) -> np.ndarray:
+    """Per-row [total reward, each named component, timed out (0/1), completion length, summed entropy]
+    (float64), the small host data gathered across processes to compute advantages and metrics over the whole
+    batch."""
+    non_eos = completion != eos_id
+    ent = np.zeros(len(completion)) if entropy is None else (entropy * non_eos).sum(1)
+    return np.asarray([[b.total, *(b.components[n] for n in names), b.timed_out, n_tok, e]
+                       for b, n_tok, e in zip(breakdowns, non_eos.sum(1), ent)], np.float64)
 
 
 def _as_train_error(check, *args) -> None:

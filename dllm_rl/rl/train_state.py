@@ -9,13 +9,16 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from dllm_rl import paths
+
 CHECKPOINT_DIR = "checkpoints"  # under the run's workdir
 
 
 def checkpoint_manager(directory: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
-    """A synchronous manager keeping the last `keep` (at least 1) steps."""
+    """A synchronous manager keeping the last `keep` (at least 1) steps, in a local or gs:// `directory`. In a
+    multi-host run every process calls it (and `save` / `restore`): each writes and reads its own shards."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+    return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
                                                 "data": ocp.JsonCheckpointHandler()})
 

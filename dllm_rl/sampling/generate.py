@@ -146,14 +146,18 @@ def lower(config: llada.LLaDAConfig, sampler: SamplerConfig, params, prompt_ids,
 
 
 def _place_on_mesh(mesh, prompt_ids, attention_mask, params):
-    """Batch inputs split over the mesh's data axes; params not yet on the mesh replicated onto it."""
-    batch = mesh_lib.batch_sharding(mesh)
-    prompt_ids = jax.device_put(prompt_ids, batch)
-    if attention_mask is not None:
-        attention_mask = jax.device_put(attention_mask, batch)
+    """Inputs already on the mesh stay as the caller laid them out (e.g. by `MeshConfig.rules`); otherwise batch
+    inputs are split over the mesh's data axes and params replicated onto it."""
     mesh_devices = set(mesh.devices.flat)
-    params = jax.tree.map(lambda a: a if set(a.sharding.device_set) == mesh_devices
-                          else jax.device_put(a, mesh_lib.replicated(mesh)), params)
+
+    def place(a, sharding):
+        return a if set(a.sharding.device_set) == mesh_devices else jax.device_put(a, sharding)
+
+    batch = mesh_lib.batch_sharding(mesh)
+    prompt_ids = place(prompt_ids, batch)
+    if attention_mask is not None:
+        attention_mask = place(attention_mask, batch)
+    params = jax.tree.map(lambda a: place(a, mesh_lib.replicated(mesh)), params)
     return prompt_ids, attention_mask, params
 
 

@@ -1,0 +1,113 @@
+"""Multi-host (multi-controller) JAX: process start-up, this process's rows of a global batch, cross-host
+gathers, and the process-0 rule for files every host would otherwise write.
+
+Every process runs the same program on global arrays (JAX SPMD). A `[B, ...]` batch laid out by
+`mesh.batch_sharding` has its rows spread over the processes' devices; `local_rows` says which contiguous rows
+live here, `place_rows` assembles each host's rows into the global array (`make_array_from_process_local_data`),
+`host_rows` reads this host's rows back, and `gather_rows` gives every host all rows of a small per-row host
+array (rewards). With one process all of these reduce to plain NumPy slicing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from dllm_rl import paths
+
+# Set on the VMs of a multi-host Cloud TPU slice (comma-separated worker names); one name means a single host.
+TPU_HOSTS_ENV = "TPU_WORKER_HOSTNAMES"
+
+
+def wants_distributed(coordinator_address: str | None, distributed: bool,
+                      environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether to call `jax.distributed.initialize`: explicit flags, `--distributed`, or a multi-host TPU VM."""
+    return bool(coordinator_address) or distributed or len(environ.get(TPU_HOSTS_ENV, "").split(",")) > 1
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """`jax.distributed.initialize` with the given arguments (None: auto-detected on TPU, Slurm, Open MPI).
+
+    Turns on gloo collectives first, so processes of fake CPU devices form one mesh (only CPU uses the
+    setting). Must run before anything touches a JAX backend.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_primary() -> bool:
+    """Process 0 writes the files every host would otherwise write (metrics, plots, configs, exports)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (no-op with one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def local_rows(sharding: jax.sharding.Sharding, num_rows: int) -> slice:
+    """The rows of a `[num_rows, ...]` array on `sharding` held by this process's devices (contiguous)."""
+    index_map = sharding.addressable_devices_indices_map((num_rows,))
+    spans = sorted({s[0].indices(num_rows)[:2] for s in index_map.values()})
+    start, stop = spans[0][0], spans[-1][1]
+    covered = sum(b - a for a, b in spans)
+    if covered != stop - start or any(b0 != a1 for (_, b0), (a1, _) in zip(spans, spans[1:])):
+        raise ValueError(f"this process holds the non-contiguous rows {spans} of a batch; order the mesh's "
+                         "devices by process (jax.devices() order) along its batch axes")
+    return slice(start, stop)
+
+
+def place_rows(rows: np.ndarray, sharding: jax.sharding.Sharding, num_rows: int) -> jax.Array:
+    """The global `[num_rows, ...]` array on `sharding` whose rows `local_rows(sharding, num_rows)` are `rows`."""
+    rows = np.asarray(rows)
+    return jax.make_array_from_process_local_data(sharding, rows, (num_rows,) + rows.shape[1:])
+
+
+def host_rows(x: jax.Array, sharding: jax.sharding.Sharding) -> np.ndarray:
+    """This process's rows (`local_rows`) of the global `x`, resharded onto the batch `sharding` first."""
+    if x.is_fully_addressable:
+        return np.asarray(x)[local_rows(sharding, x.shape[0])]
+    if x.sharding != sharding:
+        x = jax.device_put(x, sharding)
+    first = {}
+    for shard in x.addressable_shards:
+        first.setdefault(shard.index[0].indices(x.shape[0])[0], shard.data)
+    return np.concatenate([np.asarray(first[k]) for k in sorted(first)])
+
+
+def gather_rows(rows: np.ndarray, row_slice: slice, num_rows: int) -> np.ndarray:
+    """All `num_rows` rows on every process, from each process's `rows` at its `row_slice` (small host data)."""
+    rows = np.asarray(rows)
+    if jax.process_count() == 1:
+        return rows
+    index = np.arange(row_slice.start, row_slice.stop, dtype=np.int32)
+    all_index, all_rows = multihost_utils.process_allgather((index, rows), tiled=True)
+    out = np.empty((num_rows,) + rows.shape[1:], rows.dtype)
+    out[np.asarray(all_index)] = np.asarray(all_rows)
+    return out
+
+
+@contextlib.contextmanager
+def shared_directory(out_dir: str) -> Iterator[str]:
+    """Like `dllm_rl.atomic.atomic_directory`, for a folder all processes write into together (local or gs://):
+    one deterministic temporary sibling, made and finally renamed onto `out_dir` by process 0 between barriers."""
+    out_path = paths.absolute(out_dir)
+    tmp_path = out_path.parent / f".{out_path.name}.tmp-shared"
+    if is_primary():
+        if tmp_path.exists():
+            tmp_path.rmtree()
+        tmp_path.mkdir(parents=True)
+    sync(f"create {tmp_path}")
+    yield os.fspath(tmp_path)
+    sync(f"written {tmp_path}")
+    if is_primary():
+        if out_path.exists():
+            out_path.rmtree()
+        tmp_path.rename(out_path)
+    sync(f"renamed {tmp_path}")

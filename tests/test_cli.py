@@ -1,0 +1,84 @@
+"""experiments.cli: every user mistake on a command line ends in one `error:` line on stderr and exit code 2."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import cli
+
+# experiments/run.py is wrapped through the same helper; spelled out here so the test does not depend on its
+# `__main__` block.
+RUN = [sys.executable, "-c", "from experiments.cli import run_main; from experiments.run import main; run_main(main)"]
+DEMO = ["--gin", "experiments/configs/demo.gin", "--gin_binding", "dllm_rl.TrainConfig.sft_steps=0",
+        "--gin_binding", "dllm_rl.TrainConfig.num_steps=1", "--no_progress"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def module(name):
+    return [sys.executable, "-m", name]
+
+
+def mistakes(tmp, tiny_tokenizer_dir):
+    """(command, words the one line must contain) for each mistake."""
+    no_tokenizer = tmp / "model_without_tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text("{}")
+    eval_ = module("experiments.eval") + ["--out_dir", str(tmp / "eval")]
+    return {
+        "missing folder": (eval_ + ["--task", "gsm8k", "--ckpt_dir", str(tmp / "nowhere")], ["nowhere", "--ckpt_dir"]),
+        "missing tokenizer": (eval_ + ["--task", "gsm8k", "--ckpt_dir", str(no_tokenizer)], ["tokenizer.json", "copy"]),
+        "bad task name": (eval_ + ["--task", "gsm9k", "--ckpt_dir", str(tiny_tokenizer_dir)], ["gsm9k", "gsm8k"]),
+        "gin typo": (RUN + DEMO + ["--workdir", str(tmp / "w1"), "--gin_binding", "dllm_rl.TrainConfig.num_stepz=2"],
+                     ["num_stepz", "--gin_binding"]),
+        "config does not fit": (RUN + DEMO + ["--workdir", str(tmp / "w2"), "--gin_binding",
+                                              "rollout/dllm_rl.SamplerConfig.block_length=3"], ["block_length 3"]),
+        "convert missing folder": (module("dllm_rl.convert") + ["--hf_dir", str(tmp / "nohf"), "--out_dir",
+                                                                str(tmp / "o")], ["nohf"]),
+        "export missing folder": (module("dllm_rl.export") + ["--ckpt_dir", str(tmp / "nockpt"), "--out_dir",
+                                                              str(tmp / "x"), "--format", "hf"], ["nockpt"]),
+        "plot missing workdir": (module("experiments.plot") + ["--workdir", str(tmp / "norun")], ["norun", "metrics"]),
+    }
+
+
+@pytest.mark.parametrize("name", ["missing folder", "missing tokenizer", "bad task name", "gin typo",
+                                  "config does not fit", "convert missing folder", "export missing folder",
+                                  "plot missing workdir"])
+def test_a_user_mistake_is_one_line_and_exit_code_2(name, tmp_path, tiny_tokenizer_dir):
+    command, words = mistakes(tmp_path, tiny_tokenizer_dir)[name]
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("name", ["experiments.eval", "experiments.plot", "experiments.bench", "experiments.run",
+                                  "dllm_rl.convert", "dllm_rl.export.__main__"])
+def test_help_shows_a_working_example(name, capsys):
+    main = __import__(name, fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    command = name.removesuffix(".__main__")
+    assert f"python -m {command} " in capsys.readouterr().out
+
+
+def test_bugs_keep_their_traceback_and_results_become_exit_codes():
+    assert cli.user_error_message(TypeError("a bug")) is None
+    assert cli.user_error_message(ValueError("not from gin")) is None
+    assert cli.user_error_message(KeyError("x")) is None
+    assert cli.user_error_message(FileNotFoundError(2, "No such file or directory", "/p")) == \
+        "/p: No such file or directory; check the path"
+    with pytest.raises(TypeError):
+        cli.run_main(lambda argv: (_ for _ in ()).throw(TypeError("a bug")))
+    for returned, code in ((3, 3), ({"result": 1}, 0), (None, 0)):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(lambda argv: returned)
+        assert exit_info.value.code == code
+
+
+def test_one_line_joins_a_multi_line_message():
+    assert cli.one_line("No configurable 'x'.\n  In bindings string line 1\n    x.y=1") == \
+        "No configurable 'x'; In bindings string line 1; x.y=1"

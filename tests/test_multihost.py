@@ -1,0 +1,147 @@
+"""Multi-host training and sharding strategies: the same 3 training steps (rollout, loss, update) unsharded on one
+device, by 2 processes × 4 fake CPU devices (gloo) with FSDP and with data parallelism, and — resumed from the
+2-process FSDP checkpoint — by 1 process × 8 devices with FSDP × tensor parallelism, give the same metrics and
+params within float tolerance."""
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dllm_rl.checkpoint import load_orbax
+from dllm_rl.metrics import read_metrics
+from dllm_rl.parallel import mesh as pm, multihost
+from dllm_rl.rl.train import FINAL_MODEL_DIR, TIMING_KEYS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "experiments/configs/demo.gin")
+# 3 steps of the demo model, no SFT, no evaluation: 2 prompts × G=4 = 8 rollout rows (one per device).
+TINY = ["dllm_rl.TrainConfig.num_steps = 3", "dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.eval_every = 0",
+        "dllm_rl.TrainConfig.prompts_per_micro_batch = 2", "dllm_rl.TrainConfig.checkpoint_every = 2",
+        "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.AGRPOConfig.mc_samples = 2",
+        "experiment.mesh = @dllm_rl.MeshConfig()"]
+UNSHARDED = "dllm_rl.MeshConfig.shape = {'data': 1, 'fsdp': 1, 'tensor': 1}"
+FSDP = "dllm_rl.MeshConfig.shape = {'data': 1, 'fsdp': 8, 'tensor': 1}"
+DATA = "dllm_rl.MeshConfig.shape = {'data': 8, 'fsdp': 1, 'tensor': 1}"
+FSDP_TENSOR = "dllm_rl.MeshConfig.shape = {'data': 2, 'fsdp': 2, 'tensor': 2}"
+TIMEOUT = 420
+# Compilation dominates these short runs; every run compiles the same way, so results stay comparable.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(workdir, mesh, num_processes=1, devices=8):
+    """Runs `experiments.run` as `num_processes` processes sharing `devices` fake CPU devices; returns the metric
+    rows (without timings)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // num_processes} {FAST_COMPILE}")
+    cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress"]
+    for binding in TINY + [mesh]:
+        cmd += ["--gin_binding", binding]
+    if num_processes > 1:
+        cmd += ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", str(num_processes)]
+    procs = [subprocess.Popen(cmd + (["--process_id", str(i)] if num_processes > 1 else []), cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(num_processes)]
+    try:
+        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-4000:]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(workdir)]
+
+
+def _assert_same_run(rows, params, ref_rows, ref_params):
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
+    for row, ref in zip(rows, ref_rows):
+        assert row.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_allclose(row[k], ref[k], rtol=2e-4, atol=1e-5, err_msg=f"step {ref['step']} {k}")
+    for a, b in zip(_leaves(params), _leaves(ref_params)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=3e-5)  # Adam steps are lr = 3e-4 per element
+
+
+def _leaves(params):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_resume_in_one(tmp_path):
+    ref_rows = _train(tmp_path / "ref", UNSHARDED, devices=1)
+    _, ref_params = load_orbax(tmp_path / "ref" / FINAL_MODEL_DIR)
+    assert [r["step"] for r in ref_rows] == [1, 2, 3]
+
+    for name, mesh in (("fsdp", FSDP), ("data", DATA)):
+        rows = _train(tmp_path / name, mesh, num_processes=2)
+        assert sorted(os.listdir(tmp_path / name / "checkpoints")) == ["2", "3"]
+        assert os.path.exists(tmp_path / name / "operative_config.gin")
+        _assert_same_run(rows, load_orbax(tmp_path / name / FINAL_MODEL_DIR)[1], ref_rows, ref_params)
+
+    # The 2-process FSDP run's step-2 checkpoint, resumed by 1 process on an FSDP × tensor mesh, redoes step 3.
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed", ignore=shutil.ignore_patterns(FINAL_MODEL_DIR))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "3")
+    rows = _train(tmp_path / "resumed", FSDP_TENSOR)
+    _assert_same_run(rows, load_orbax(tmp_path / "resumed" / FINAL_MODEL_DIR)[1], ref_rows, ref_params)
+
+
+# ---- the helpers, in one process ---------------------------------------------------------------------------------
+
+class _Rows:
+    """A stand-in sharding whose addressable devices hold the given row spans of a batch."""
+
+    def __init__(self, *spans):
+        self.spans = spans
+
+    def addressable_devices_indices_map(self, shape):
+        return {i: (slice(a, b),) for i, (a, b) in enumerate(self.spans)}
+
+
+def test_local_rows_are_the_contiguous_rows_of_this_process():
+    assert multihost.local_rows(_Rows((4, 6), (6, 8), (4, 6)), 8) == slice(4, 8)  # replicas counted once
+    with pytest.raises(ValueError, match="non-contiguous"):
+        multihost.local_rows(_Rows((0, 2), (4, 6)), 8)
+
+
+def test_single_process_rows_round_trip():
+    import jax
+
+    mesh = pm.make_mesh({"data": -1})
+    sharding = pm.batch_sharding(mesh, 2)
+    x = np.arange(12, dtype=np.int32).reshape(6, 2)
+    rows = multihost.local_rows(sharding, 6)
+    assert rows == slice(0, 6)
+    placed = multihost.place_rows(x[rows], sharding, 6)
+    assert placed.sharding == sharding
+    np.testing.assert_array_equal(multihost.host_rows(placed, sharding), x)
+    np.testing.assert_array_equal(multihost.gather_rows(x, rows, 6), x)
+    assert multihost.is_primary() and jax.process_count() == 1
+    multihost.sync("no-op with one process")
+
+
+def test_distributed_start_up_is_explicit_or_a_multi_host_tpu():
+    assert not multihost.wants_distributed(None, False, environ={})
+    assert multihost.wants_distributed("10.0.0.1:1234", False, environ={})
+    assert multihost.wants_distributed(None, True, environ={})
+    assert not multihost.wants_distributed(None, False, environ={multihost.TPU_HOSTS_ENV: "t1v-0"})
+    assert multihost.wants_distributed(None, False, environ={multihost.TPU_HOSTS_ENV: "t1v-0,t1v-1"})
+
+
+def test_shared_directory_replaces_the_destination(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old").write_text("x")
+    with multihost.shared_directory(str(tmp_path / "out")) as tmp_dir:
+        (pathlib.Path(tmp_dir) / "new").write_text("y")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(tmp_path / "out") == ["new"]
