@@ -124,7 +124,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     a, b = _comparable(read_metrics(tmp_path / "a")), _comparable(read_metrics(tmp_path / "b"))
     assert [r["step"] for r in a] == list(range(7))
     assert a == b
-    assert os.path.exists(tmp_path / "a" / "reward_curve.png")
+    assert os.path.exists(tmp_path / "a" / "plots" / "overview.png")
     # The exported policy is a model folder that evaluation reads, identical for both runs.
     from dllm_rl.checkpoint import load_orbax
     config, params = load_orbax(tmp_path / "a" / "final_model")
