@@ -37,6 +37,7 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
     ("dllm_rl.AGRPOConfig.gen_length = 16", "must equal the rollout"),
     ("dllm_rl.TrainConfig.algorithm = 'ppo'", "algorithm='ppo'"),
     ("rollout/dllm_rl.SamplerConfig.record = False", "must record"),
+    ("experiment.lora = @dllm_rl.LoRAConfig()\ndllm_rl.LoRAConfig.dropout = 0.05", "only applied by diffu-GRPO"),
 ])
 def test_bad_setups_fail_before_compiling(binding, message, tmp_path):
     cfg = parse_config([DEMO], [binding])
