@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 Params = dict[str, Any]
 
+CONFIG_FILE = "lora_config.json"  # a run's LoRAConfig as JSON in its workdir (trainer writes, dllm_rl.export reads)
 LAYER_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 

@@ -45,7 +45,6 @@ from dllm_rl.tokenizer import Tokenizer
 
 FINAL_MODEL_DIR = "final_model"  # the trained policy as a model folder, for experiments.eval --ckpt_dir
 FINAL_ADAPTER_DIR = "final_adapter"  # LoRA runs: the adapters as a PEFT folder (exact; the merged bf16 model is not)
-LORA_CONFIG_FILE = "lora_config.json"  # LoRA runs: rank, alpha, targets, lm_head, for python -m dllm_rl.export
 # The AGRPO loss metrics logged per step; logp_mismatch_* is |rollout log-prob − loss log-prob| of the scored
 # tokens before the update (float noise when the sampler runs the trained policy).
 LOSS_METRICS = ("clip_fraction", "ratio_mean", "kl", "importance_weight_mean", "dropped_tokens", "logp_mismatch_mean",
@@ -391,7 +390,7 @@ class Trainer:
         """W/lora_config.json: the LoRAConfig fields (process 0 writes; replaced atomically)."""
         if jax.process_index() != 0:
             return
-        path = os.path.join(self.workdir, LORA_CONFIG_FILE)
+        path = os.path.join(self.workdir, lora_lib.CONFIG_FILE)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(dataclasses.asdict(self.cfg.lora), f, indent=2)
         os.replace(path + ".tmp", path)
