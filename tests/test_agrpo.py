@@ -350,6 +350,39 @@ def test_too_few_slots_are_reported(tiny, policy):
     assert float(metrics["dropped_tokens"]) == counts - 3 > 0
 
 
+@pytest.mark.parametrize("proposal", agrpo.PROPOSALS)
+def test_an_all_eos_row_scores_nothing_and_keeps_metrics_finite(proposal, batch, policy, tiny):
+    """T_i = 0 (all EOS): no step is scored, its weight is finite, importance_weight_mean averages the live rows."""
+    model_config, _ = tiny
+    eos = model_config.eos_token_id
+    b = batch._replace(completion_ids=batch.completion_ids.at[1].set(eos), keep=batch.keep.at[1].set(True))
+    assert agrpo.num_steps(b.completion_ids, b.unmask_step, eos).tolist()[1] == 0
+    config = make_config(proposal, True)
+    steps, weights = agrpo.timesteps(agrpo.draw_uniforms(jax.random.key(4), 3, 4, True), b, config, eos)
+    assert np.isfinite(np.asarray(weights)).all() and (np.asarray(steps)[1] == -1).all()
+    loss, grads, metrics = jitted_grad(model_config, config)(policy, None, None, b, steps, weights)
+    assert all(np.isfinite(float(v)) for v in [loss, *metrics.values()]), metrics
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    live = np.asarray(weights)[[0, 2]]
+    np.testing.assert_allclose(float(metrics["importance_weight_mean"]), live.mean(), rtol=1e-6)
+    if proposal == "entropy":
+        assert not np.asarray(weights)[1].any()
+
+
+def test_logp_mismatch_is_the_rollout_to_loss_log_prob_gap(batch, tiny):
+    """Scored with the rollout's own policy the mismatch is float noise; perturbing the old log-probs shows up."""
+    model_config, params = tiny
+    config = make_config()
+    steps_all, weights_all = agrpo.all_steps(batch, config, model_config.eos_token_id)
+    run = jitted_grad(model_config, dataclasses.replace(config, mc_samples=8))
+    _, _, same = run(params, None, None, batch, steps_all, weights_all)
+    assert float(same["logp_mismatch_max"]) < 1e-4
+    shifted = batch._replace(old_logp=batch.old_logp.at[2, 5].add(0.5))
+    _, _, moved = run(params, None, None, shifted, steps_all, weights_all)
+    np.testing.assert_allclose(float(moved["logp_mismatch_max"]), 0.5, atol=1e-4)
+    assert float(moved["logp_mismatch_mean"]) > float(same["logp_mismatch_mean"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # LoRA: reference = LoRA off; gradients reach the adapters only
 

@@ -18,7 +18,7 @@ from dllm_rl.export.__main__ import main
 from dllm_rl.export.peft import index_module_names, lora_module_names, module_names
 from dllm_rl.export.safetensors_io import parse_size, plan_shards
 from dllm_rl.models.llada import LLaDAConfig
-from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
+from dllm_rl.models.lora import CONFIG_FILE as LORA_CONFIG_FILE, LAYER_TARGETS, LoRAConfig
 from dllm_rl.rl.train_state import checkpoint_manager, save
 from tests.helpers.llada_numpy import random_tensors, tiny_config, write_hf_dir
 
@@ -237,16 +237,16 @@ def test_merged_export_is_float32_merge_cast_once(bf16_hf_dir, tmp_path):
     assert not np.array_equal(q, q.astype(BF16).astype(np.float32))  # never rounded through the bf16 base
 
 
-def write_trainer_checkpoint(workdir, adapters_or_params, base=None, gin_alpha=None):
+def write_trainer_checkpoint(workdir, adapters_or_params, base=None, alpha=None):
     """A checkpoint exactly as the trainer writes it (W/checkpoints/<step>/{state,data})."""
     manager = checkpoint_manager(os.path.join(workdir, "checkpoints"), 2)
     opt_state = optax.adam(1e-3).init(adapters_or_params)
     save(manager, 0, jax.tree.map(np.zeros_like, adapters_or_params), opt_state, {"epoch": 0}, base)
     save(manager, 5, adapters_or_params, opt_state, {"epoch": 0}, base)
     manager.close()
-    if gin_alpha is not None:
-        with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
-            f.write(f"# Parameters for LoRAConfig:\nLoRAConfig.alpha = {gin_alpha}\nLoRAConfig.rank = 4\n")
+    if alpha is not None:  # as Trainer.write_lora_config
+        with open(os.path.join(workdir, LORA_CONFIG_FILE), "w") as f:
+            json.dump({"rank": 4, "alpha": alpha, "targets": ["q_proj"], "lm_head": False, "dropout": 0.0}, f)
 
 
 def test_cli_from_trainer_lora_checkpoint(tiny_dir, tiny_model_dir, tmp_path):
@@ -254,7 +254,7 @@ def test_cli_from_trainer_lora_checkpoint(tiny_dir, tiny_model_dir, tmp_path):
     lora_config = LoRAConfig(rank=4, alpha=6.0, lm_head=True)
     adapters = random_adapters(config, lora_config, seed=2)
     workdir = str(tmp_path / "w")
-    write_trainer_checkpoint(workdir, adapters, gin_alpha=6.0)
+    write_trainer_checkpoint(workdir, adapters, alpha=6.0)
     peft_dir, hf_dir = str(tmp_path / "peft"), str(tmp_path / "hf")
     assert main(["--ckpt_dir", tiny_model_dir, "--lora_dir", workdir, "--out_dir", peft_dir, "--format", "peft"]) == 0
     back_config, back = load_peft(peft_dir, config)

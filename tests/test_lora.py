@@ -86,11 +86,19 @@ def test_gradients_reach_only_the_adapters(base):
 def test_bf16_base_with_float32_adapters(base):
     cfg = LoRAConfig(rank=2, alpha=2.0)
     base16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), base)
-    lora = randomized(init_lora(base16, cfg, jax.random.key(1)), scale=0.02)
+    lora = randomized(init_lora(base16, cfg, jax.random.key(1)), scale=0.05)
     out = forward(apply_lora(base16, lora, cfg))
     assert out.dtype == jnp.bfloat16
     ref = forward(merge_lora(base, lora, cfg))
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.15 * float(jnp.abs(ref).max()))
+    # Tight enough that dropping the adapters fails: the bf16 error is measured against the adapters' effect on
+    # the float32 forward of the same (bf16-rounded) weights.
+    base32 = jax.tree.map(lambda x: x.astype(jnp.float32), base16)
+    exact = np.asarray(forward(merge_lora(base32, lora, cfg)))
+    effect = np.linalg.norm(exact - np.asarray(forward(base32)))
+    error = lambda y: np.linalg.norm(np.asarray(y, np.float32) - exact) / effect
+    assert error(out) < 0.25
+    assert error(forward(base16)) > 0.9  # adapters dropped
 
 
 def test_lora_weight_is_a_pytree_that_scans(base):
@@ -114,6 +122,34 @@ def test_logical_axes_and_errors():
         split_params({}, LoRAConfig())
     with pytest.raises(ValueError, match="frozen"):
         policy_params({}, None, LoRAConfig())
+
+
+def test_merge_into_bf16_is_refused_unless_asked(base):
+    cfg = LoRAConfig(rank=2, alpha=2.0, targets=("q_proj",))
+    base16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), base)
+    lora = init_lora(base16, cfg, jax.random.key(1))
+    lora["layers"]["q_proj"]["b"] = jnp.full_like(lora["layers"]["q_proj"]["b"], 1e-4)  # a few steps at lr 5e-6
+    with pytest.raises(ValueError, match="layers/q_proj is bfloat16"):
+        merge_lora(base16, lora, cfg)
+    exact = merge_lora(base16, lora, cfg, dtype=jnp.float32)["layers"]["q_proj"]
+    lossy = merge_lora(base16, lora, cfg, dtype=jnp.bfloat16)["layers"]["q_proj"]
+    w = base16["layers"]["q_proj"]
+    assert exact.dtype == jnp.float32 and lossy.dtype == jnp.bfloat16
+    assert np.mean(np.asarray(exact != w.astype(jnp.float32))) > 0.99
+    assert np.mean(np.asarray(lossy == w)) > 0.5  # the bf16 merge leaves most of W unchanged
+
+
+def test_released_config_adapts_the_modules_peft_adapts():
+    """The AGRPO 8B config adapts the LM head too: PEFT's suffix rule makes the released 'ff_out' target hit the
+    untied LM head `model.transformer.ff_out` as well as every layer's MLP output."""
+    from dllm_rl.assets import LLADA_8B_META_DIR
+    from dllm_rl.export.peft import lora_module_names, module_names, peft_adapted
+    from experiments.run import parse_config
+
+    cfg = parse_config(["experiments/configs/gsm8k_agrpo.gin"], [])
+    config = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR / "config.json")
+    assert cfg.lora.lm_head
+    assert lora_module_names(cfg.lora, config) == peft_adapted(list(LAYER_TARGETS), module_names(config))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The training loop: bad input fails early, exact resume after SIGKILL, SIGTERM saves and exits, diffu-GRPO and
-LoRA paths run, the mesh rules lay out the run's state."""
+LoRA paths run (LoRA: sampling and loss log-probs agree, adapters exported), the mesh rules lay out the run's
+state, gradient accumulation's memory does not grow with grad_accum."""
+import dataclasses
+import gc
 import json
 import os
 import signal
@@ -8,9 +11,12 @@ import sys
 import textwrap
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from dllm_rl.metrics import read_metrics
+from dllm_rl.rl import steps
 from dllm_rl.rl.config import TrainError
 from dllm_rl.rl.train import TIMING_KEYS, Trainer
 from experiments.run import parse_config
@@ -31,6 +37,7 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
     ("dllm_rl.AGRPOConfig.gen_length = 16", "must equal the rollout"),
     ("dllm_rl.TrainConfig.algorithm = 'ppo'", "algorithm='ppo'"),
     ("rollout/dllm_rl.SamplerConfig.record = False", "must record"),
+    ("experiment.lora = @dllm_rl.LoRAConfig()\ndllm_rl.LoRAConfig.dropout = 0.05", "only applied by diffu-GRPO"),
 ])
 def test_bad_setups_fail_before_compiling(binding, message, tmp_path):
     cfg = parse_config([DEMO], [binding])
@@ -118,7 +125,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     a, b = _comparable(read_metrics(tmp_path / "a")), _comparable(read_metrics(tmp_path / "b"))
     assert [r["step"] for r in a] == list(range(7))
     assert a == b
-    assert os.path.exists(tmp_path / "a" / "reward_curve.png")
+    assert os.path.exists(tmp_path / "a" / "plots" / "overview.png")
     # The exported policy is a model folder that evaluation reads, identical for both runs.
     from dllm_rl.checkpoint import load_orbax
     config, params = load_orbax(tmp_path / "a" / "final_model")
@@ -152,6 +159,64 @@ def test_diffu_grpo_with_lora_runs(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["grad_norm"] > 0 and "kl" in r for r in rows)
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
+def test_lora_run_samples_the_trained_policy_and_exports_its_adapters(tmp_path):
+    """A finished LoRA run leaves W/lora_config.json and the adapters as a PEFT folder next to W/final_model; with
+    trained (B ≠ 0) adapters a step's rollout log-probs equal the loss's (logp_mismatch ~ float32 noise)."""
+    from dllm_rl.export import load_peft
+    cfg = parse_config([DEMO], SMALL + ["experiment.lora = @dllm_rl.LoRAConfig()", "dllm_rl.LoRAConfig.rank = 4",
+                                        "dllm_rl.LoRAConfig.lm_head = True", "dllm_rl.TrainConfig.num_steps = 1"])
+    trainer = Trainer(cfg, tmp_path)
+    rows = trainer.train(progress=False)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[1]["reward/timeouts"] == 0.0 and rows[1]["eval_timeouts"] == 0.0
+    assert 0 <= rows[1]["logp_mismatch_mean"] <= rows[1]["logp_mismatch_max"] < 1e-4
+    assert json.loads((tmp_path / "lora_config.json").read_text()) == json.loads(
+        json.dumps(dataclasses.asdict(cfg.lora)))
+    lora_config, adapters = load_peft(str(tmp_path / "final_adapter"), trainer.model_config)
+    assert lora_config == cfg.lora
+    for x, y in zip(jax.tree.leaves(adapters), jax.tree.leaves(trainer.trainable)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert (tmp_path / "final_model" / "config.json").exists()
+    keys = iter(jax.random.split(jax.random.key(7), len(jax.tree.leaves(trainer.trainable))))
+    trained = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape), trainer.trainable)
+    _, _, row = trainer._step(2, trained, trainer.frozen, trainer.tx.init(trained), trainer._dataset(0))
+    assert 0 <= row["logp_mismatch_mean"] <= row["logp_mismatch_max"] < 1e-4, row
+
+
+def _live_bytes_of_a_step(tmp_path, grad_accum, monkeypatch) -> int:
+    """Peak bytes of live device arrays, over one AGRPO step's micro-batches, above those alive before it."""
+    cfg = parse_config([DEMO], ["dllm_rl.TrainConfig.prompts_per_micro_batch = 2", "dllm_rl.TrainConfig.sft_steps = 0",
+                                f"dllm_rl.TrainConfig.grad_accum = {grad_accum}", "dllm_rl.TrainConfig.eval_every = 0",
+                                "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.AGRPOConfig.mc_samples = 2"])
+    trainer = Trainer(cfg, tmp_path / str(grad_accum))
+    trainable, frozen, opt_state = trainer.init_state(trainer.base_params)
+    data = trainer._dataset(0)
+    real, peaks = steps.agrpo_grads, []
+
+    def live_bytes():
+        gc.collect()
+        return sum(x.nbytes for x in jax.live_arrays())
+
+    def recording(*args, **kwargs):
+        out = jax.block_until_ready(real(*args, **kwargs))
+        peaks.append(live_bytes())
+        return out
+
+    monkeypatch.setattr(steps, "agrpo_grads", recording)
+    before = live_bytes()
+    trainer._step(1, trainable, frozen, opt_state, data)
+    assert len(peaks) == grad_accum
+    return max(peaks) - before, sum(x.nbytes for x in jax.tree.leaves(trainable))
+
+
+def test_gradient_accumulation_memory_does_not_grow_with_grad_accum(tmp_path, monkeypatch):
+    """One running gradient sum (donated into `steps.accumulate`): the live bytes at every micro-batch are the
+    same for 2 and 6 micro-batches (keeping each micro-batch's tree would add 4 gradient trees)."""
+    two, grad_bytes = _live_bytes_of_a_step(tmp_path, 2, monkeypatch)
+    six, _ = _live_bytes_of_a_step(tmp_path, 6, monkeypatch)
+    assert abs(six - two) < grad_bytes // 2, (two, six, grad_bytes)
 
 
 @pytest.mark.slow

@@ -6,15 +6,15 @@
 
 --ckpt_dir is an Orbax model folder (`python -m dllm_rl.convert` output, or the trainer's W/final_model, which
 already has the LoRA merged). --lora_dir is a trainer workdir W (or W/checkpoints, or one step folder) or a PEFT
-folder. Trainer checkpoints hold the adapters but not LoRAConfig.alpha: it is read from W/operative_config.gin
+folder. Trainer checkpoints hold the adapters but not LoRAConfig.alpha: it is read from W/lora_config.json
 when present, else give --lora_alpha. After an SFT warm start the checkpoint also holds the warm-started base,
 which then replaces --ckpt_dir's params (only --format hf can carry it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import sys
 
 from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
@@ -23,10 +23,9 @@ from dllm_rl.export.peft import ADAPTER_CONFIG, load_peft
 from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE, parse_size
 from dllm_rl.export.sources import TrainerCheckpoint, read_model_dir, trainer_state_dir
 from dllm_rl.models.llada import ConfigError, LLaDAConfig, param_shapes
-from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
+from dllm_rl.models.lora import CONFIG_FILE as LORA_CONFIG_FILE, LAYER_TARGETS, LoRAConfig
 
 DEFAULT_DTYPES = {"hf": "bfloat16", "peft": "float32"}
-_GIN_ALPHA = re.compile(r"^\s*(?:[\w.]*\.)?LoRAConfig\.alpha\s*=\s*([-+0-9.eE]+)\s*$", re.MULTILINE)
 
 
 def lora_config_of(adapters: dict, alpha: float, config: LLaDAConfig, where: str) -> LoRAConfig:
@@ -46,14 +45,13 @@ def lora_config_of(adapters: dict, alpha: float, config: LLaDAConfig, where: str
     return lora_config
 
 
-def gin_alpha(state_dir: str) -> float | None:
-    """LoRAConfig.alpha from the run's operative_config.gin (W/checkpoints/<step>/state → W), if bound there."""
-    gin_path = os.path.join(state_dir, os.pardir, os.pardir, os.pardir, "operative_config.gin")
-    if not os.path.exists(gin_path):
+def run_alpha(state_dir: str) -> float | None:
+    """LoRAConfig.alpha from the run's lora_config.json (W/checkpoints/<step>/state → W), written by the trainer."""
+    path = os.path.join(state_dir, os.pardir, os.pardir, os.pardir, LORA_CONFIG_FILE)
+    if not os.path.exists(path):
         return None
-    with open(gin_path, encoding="utf-8") as f:
-        found = _GIN_ALPHA.findall(f.read())
-    return float(found[-1]) if found else None
+    with open(path, encoding="utf-8") as f:
+        return float(json.load(f)["alpha"])
 
 
 def _trainer_inputs(args, config: LLaDAConfig, read):
@@ -66,10 +64,10 @@ def _trainer_inputs(args, config: LLaDAConfig, read):
     if ckpt.has_base and args.format == "peft":
         raise CheckpointError(f"{ckpt.state_dir}: the adapters sit on an SFT-warm-started base saved with them, which "
                               "a PEFT folder cannot carry; use --format hf (merged) instead")
-    alpha = args.lora_alpha if args.lora_alpha is not None else gin_alpha(ckpt.state_dir)
+    alpha = args.lora_alpha if args.lora_alpha is not None else run_alpha(ckpt.state_dir)
     if alpha is None:
         raise CheckpointError(f"{ckpt.state_dir}: trainer checkpoints do not store LoRAConfig.alpha and no "
-                              "operative_config.gin binds it; pass --lora_alpha (the run's LoRAConfig.alpha)")
+                              f"{LORA_CONFIG_FILE} is beside them; pass --lora_alpha (the run's LoRAConfig.alpha)")
     adapters = ckpt.adapters()
     lora_config = lora_config_of(adapters, alpha, config, ckpt.state_dir)
     return (ckpt.reader("base") if ckpt.has_base else read), adapters, lora_config

@@ -7,7 +7,9 @@ kernels), initialised as PEFT does (A Kaiming-uniform, B zero), so a fresh adapt
 Two ways to run the adapted model:
 - `apply_lora` (training): each target kernel becomes a `LoRAWeight`, which the model's `x @ kernel` evaluates as
   x @ W + s·(x @ A) @ B. Neither the merged kernel nor its gradient is ever materialised, and W gets no gradient.
-- `merge_lora` (sampling, export): plain arrays W + s·A @ B, one matmul per kernel.
+  The sampler runs this path too, so the policy that samples is the policy that trains.
+- `merge_lora` (export): plain arrays W + s·A @ B, one matmul per kernel. It will not round the merged kernel into
+  a bf16 W unless asked: that erases every update smaller than half a bf16 step of W.
 LoRA dropout (`LoRAConfig.dropout`, as PEFT's `lora_dropout`) acts on the adapter input only, x @ W + s·(drop(x) @ A)
 @ B, and only in a training forward that passes a key to `apply_lora`: sampling, evaluation, export and the
 reference never drop.
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 
 Params = dict[str, Any]
 
+CONFIG_FILE = "lora_config.json"  # a run's LoRAConfig as JSON in its workdir (trainer writes, dllm_rl.export reads)
 LAYER_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
@@ -160,13 +163,22 @@ def apply_lora(base: Params, lora: Params, config: LoRAConfig, dropout_rng: jax.
                                                                   config.scale, keys.get(path), config.dropout))
 
 
-def merge_lora(base: Params, lora: Params, config: LoRAConfig) -> Params:
-    """Plain params with W + (α/r)·A@B on each target (computed in float32, cast to W's dtype)."""
+def merge_lora(base: Params, lora: Params, config: LoRAConfig, *, dtype=None) -> Params:
+    """Plain params with W + (α/r)·A@B on each target, computed in float32 and stored as `dtype`.
+
+    dtype None keeps W's dtype only when W is float32. A narrower W raises: rounding the merged kernel to bf16
+    loses every update below half a bf16 step of W (most of a small LoRA update), so pass dtype=jnp.float32 for
+    an exact merge or W's dtype to round on purpose.
+    """
 
     def merge(path, w):
+        out_dtype = dtype if dtype is not None else w.dtype
+        if dtype is None and jnp.finfo(w.dtype).bits < 32:
+            raise ValueError(f"merge_lora: kernel {'/'.join(path)} is {w.dtype}; merging into it rounds small "
+                             "LoRA updates away. Pass dtype=jnp.float32 (exact) or dtype=its dtype (lossy).")
         ad = _get(lora, path)
         delta = jnp.einsum("...ir,...ro->...io", ad["a"].astype(jnp.float32), ad["b"].astype(jnp.float32))
-        return (w.astype(jnp.float32) + config.scale * delta).astype(w.dtype)
+        return (w.astype(jnp.float32) + config.scale * delta).astype(out_dtype)
 
     return _with_targets(base, config, merge)
 

@@ -161,18 +161,19 @@ def draw_uniforms(rng: jax.Array, batch_size: int, mc_samples: int, low_discrepa
 
 
 def step_proposal(batch: AGRPOBatch, config: AGRPOConfig, eos_token_id: int) -> tuple[jax.Array, jax.Array]:
-    """(q [B, m] the proposal over steps, T [B]); q is zero for s ≥ T_i."""
+    """(q [B, m] the proposal over steps, T [B]); q is zero for s ≥ T_i (so all zero for an all-EOS row)."""
     t_B = num_steps(batch.completion_ids, batch.unmask_step, eos_token_id)
     steps_M = jnp.arange(config.sampling_steps)
     live_BxM = steps_M[None, :] < t_B[:, None]
     if config.proposal == "uniform":
-        q_BxM = live_BxM / t_B[:, None].astype(jnp.float32)
+        q_BxM = live_BxM / jnp.maximum(t_B, 1)[:, None].astype(jnp.float32)
     else:
         onehot_BxLxM = batch.unmask_step[:, :, None] == steps_M[None, None, :]
         ent_BxM = ENTROPY_FLOOR + jnp.einsum("blm,bl->bm", onehot_BxLxM.astype(jnp.float32),
                                              batch.entropy.astype(jnp.float32))
         ent_BxM = jnp.where(live_BxM, ent_BxM, 0.0)
-        q_BxM = ent_BxM / ent_BxM.sum(axis=1, keepdims=True)
+        total_Bx1 = ent_BxM.sum(axis=1, keepdims=True)
+        q_BxM = ent_BxM / jnp.where(total_Bx1 > 0, total_Bx1, 1.0)
     return q_BxM, t_B
 
 
@@ -181,7 +182,8 @@ def timesteps(u_BxK: jax.Array, batch: AGRPOBatch, config: AGRPOConfig, eos_toke
     """(steps [B, K] int32, importance weights [B, K]) from the uniforms, as the official code computes them.
 
     uniform: s = ⌊u·T_i⌋, w = 1. entropy: s = first index with CDF ≥ u (searchsorted left), w = (1/T_i)/q_i(s).
-    Steps are clamped to T_i − 1 against float rounding of u·T or of the CDF's last value.
+    Steps are clamped to T_i − 1 against float rounding of u·T or of the CDF's last value. An all-EOS row
+    (T_i = 0) gets step −1, which scores nothing, and weight 0 under the entropy proposal (not 0/0 = NaN).
     """
     q_BxM, t_B = step_proposal(batch, config, eos_token_id)
     t_Bx1 = t_B[:, None]
@@ -192,7 +194,8 @@ def timesteps(u_BxK: jax.Array, batch: AGRPOBatch, config: AGRPOConfig, eos_toke
     steps_BxK = jnp.sum(cdf_BxM[:, None, :] < u_BxK[:, :, None], axis=2).astype(jnp.int32)
     steps_BxK = jnp.minimum(steps_BxK, t_Bx1 - 1)
     q_BxK = jnp.take_along_axis(q_BxM, steps_BxK, axis=1)
-    return steps_BxK, (1.0 / t_Bx1.astype(jnp.float32)) / q_BxK
+    weights_BxK = (1.0 / jnp.maximum(t_Bx1, 1).astype(jnp.float32)) / jnp.where(q_BxK > 0, q_BxK, 1.0)
+    return steps_BxK, jnp.where(t_Bx1 > 0, weights_BxK, 0.0)
 
 
 def all_steps(batch: AGRPOBatch, config: AGRPOConfig, eos_token_id: int) -> tuple[jax.Array, jax.Array]:
@@ -244,11 +247,15 @@ def timestep_loss(params: Params, ref_params: Params | None, batch: AGRPOBatch, 
                              "the initial params for full fine-tuning)")
         ref_BxN, _, _ = token_logps(model_config, ref_params, batch, step_B, config, keep_fn)
         ref_BxN = jax.lax.stop_gradient(jnp.where(valid_BxN, ref_BxN, logp_BxN))
+    # Sampling-time vs training-time log-prob of the same tokens: before the update the two policies are one, so
+    # anything but float noise here means the sampler ran a different policy than the loss differentiates.
+    mismatch_BxN = jnp.where(valid_BxN, jnp.abs(logp_BxN - old_BxN), 0.0)
     # The KL is k3 × ratio (the off-policy correction of DeepSeek-V3.2, as the official code).
     per_token_BxN, ratio_BxN, kl_BxN = clipped_token_loss(
         logp_BxN, old_BxN, ref_BxN, batch.advantages, config.epsilon_low, config.epsilon_high, config.beta,
         kl_times_ratio=True)
     adv_Bx1 = batch.advantages.astype(jnp.float32)[:, None]
+    live_B = num_steps(batch.completion_ids, batch.unmask_step, model_config.eos_token_id) > 0
     metrics = {} if kl_BxN is None else {"kl": masked_mean(kl_BxN, valid_BxN)}
     tok_weight_BxN = valid_BxN * weight_B.astype(jnp.float32)[:, None]
     loss = jnp.sum(per_token_BxN * tok_weight_BxN) / (mc_samples * config.num_generations)
@@ -260,7 +267,10 @@ def timestep_loss(params: Params, ref_params: Params | None, batch: AGRPOBatch, 
         clip_fraction=masked_mean(low_BxN | high_BxN, valid_BxN),
         ratio_mean=masked_mean(ratio_BxN, valid_BxN),
         ratio_max=jnp.max(jnp.where(valid_BxN, ratio_BxN, 0.0)),
-        importance_weight_mean=jnp.mean(weight_B.astype(jnp.float32)),
+        importance_weight_mean=jnp.sum(jnp.where(live_B, weight_B.astype(jnp.float32), 0.0))
+        / jnp.maximum(live_B.sum(), 1),  # all-EOS rows (T_i = 0) have no weight to average
+        logp_mismatch_mean=masked_mean(mismatch_BxN, valid_BxN),
+        logp_mismatch_max=jnp.max(mismatch_BxN),
         scored_tokens=valid_BxN.sum().astype(jnp.float32),
         dropped_tokens=(jnp.sum(batch.unmask_step == step_B[:, None]) - valid_BxN.sum()).astype(jnp.float32),
     )
@@ -293,8 +303,8 @@ def agrpo_grad(trainable: Params, frozen: Params | None, ref_params: Params | No
     Pure and jit-able (configs and keep_fn static). The policy params are `policy_params(trainable, frozen,
     lora_config)`: full fine-tuning passes frozen=None, LoRA passes the adapters and the base params. Each scan
     iteration does one timestep's forward+backward and adds its gradient to a float32 accumulator; gradients
-    come back in the trainable dtypes. Metrics: per-timestep means over K, plus `last_microloss` (loss_{K−1},
-    what the official trainer returns).
+    come back in the trainable dtypes. Metrics: per-timestep means over K (the max over K for `logp_mismatch_max`,
+    the sum for `dropped_tokens`), plus `last_microloss` (loss_{K−1}, what the official trainer returns).
     """
     check_batch(batch, config, steps_BxK, weights_BxK)
     k = steps_BxK.shape[1]
@@ -316,5 +326,6 @@ def agrpo_grad(trainable: Params, frozen: Params | None, ref_params: Params | No
     grads = jax.tree.map(lambda a, p: a.astype(p.dtype), acc, trainable)
     metrics = {name: v.mean() for name, v in metrics_K.items()}
     metrics["dropped_tokens"] = metrics_K["dropped_tokens"].sum()
+    metrics["logp_mismatch_max"] = metrics_K["logp_mismatch_max"].max()
     metrics["last_microloss"] = losses_K[-1]
     return losses_K.sum(), grads, metrics

@@ -162,8 +162,11 @@ class ExperimentConfig:
         if self.algorithm_config is None:
             raise TrainError(f"TrainConfig.algorithm={self.train.algorithm!r} needs its config "
                              f"({'AGRPOConfig' if self.train.algorithm == 'agrpo' else 'DiffuGRPOConfig'})")
-        if not self.rollout.record:
-            raise TrainError("the rollout sampler must record (SamplerConfig.record=True) for RL")
+        if self.train.algorithm == "agrpo" and not self.rollout.record:
+            raise TrainError("AGRPO rollouts must record (SamplerConfig.record=True): the loss re-scores each step")
+        if self.train.algorithm == "agrpo" and self.lora is not None and self.lora.dropout > 0:
+            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO; AGRPO's loss "
+                             "re-scores the sampling policy exactly, so set LoRAConfig.dropout = 0 for AGRPO runs")
         self.rollout.validate()
         if self.rollout.temperature <= 0:
             raise TrainError("rollouts need temperature > 0: greedy completions give every group zero variance")

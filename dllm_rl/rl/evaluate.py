@@ -2,7 +2,9 @@
 
 Prompts are rendered with the task's template and left-padded by the tokenizer into one [N, P] array (P: the
 longest prompt, or `max_prompt_length`), so every batch has one shape and one program is compiled; the last
-batch is padded by repeating its final row. Completions are decoded with special tokens kept (as AGRPO's eval
+batch is padded by repeating its final row. Every evaluation decodes without recording and with early stop: once a
+block is all EOS the rest is filled with EOS, as the official eval's sampler does, so text after the EOS run is
+never generated or graded. Completions are decoded with special tokens kept (as AGRPO's eval
 does) and graded with `task.score` (and, on request, the strict score and the training reward).
 """
 from __future__ import annotations
@@ -28,10 +30,14 @@ class Graded:
     reward: float | None = None
 
 
+def protocol(sampler: SamplerConfig) -> SamplerConfig:
+    """The evaluation form of any sampler: no recording, EOS fill after an all-EOS block (early stop)."""
+    return dataclasses.replace(sampler, record=False, early_stop=True)
+
+
 def greedy(sampler: SamplerConfig) -> SamplerConfig:
-    """The papers' eval decoding on the rollout's lengths: temperature 0, low-confidence remasking, no
-    recording, no early stop."""
-    return dataclasses.replace(sampler, temperature=0.0, remasking="low_confidence", record=False, early_stop=False)
+    """The papers' eval decoding on the rollout's lengths: temperature 0, low-confidence remasking."""
+    return protocol(dataclasses.replace(sampler, temperature=0.0, remasking="low_confidence"))
 
 
 def complete(model_config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.ndarray, sampler: SamplerConfig,
@@ -42,8 +48,8 @@ def complete(model_config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.
     for start in range(0, len(ids_NxP), batch_size):
         rows = np.arange(start, start + batch_size).clip(max=len(ids_NxP) - 1)
         key = None if rng is None else jax.random.fold_in(rng, start)
-        rollout = generate(model_config, params, ids_NxP[rows], attention_mask=mask_NxP[rows], rng=key, mesh=mesh,
-                           **dataclasses.asdict(sampler))
+        rollout = generate(model_config, params, ids_NxP[rows], sampler, attention_mask=mask_NxP[rows], rng=key,
+                           mesh=mesh)
         tokens_BxL = np.asarray(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
         completions += tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)
     return completions
@@ -53,12 +59,13 @@ def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dic
              batch_size: int, prompt_style: str = "agrpo", max_prompt_length: int | None = None,
              keep_last: int | None = None, strict: bool = False, reward_style: str | None = None,
              rng: jax.Array | None = None, mesh=None) -> list[Graded]:
-    """Generates and grades one completion per example. `keep_last` keeps only each prompt's last tokens (small
-    test models); `strict` adds the strict score, `reward_style` the training reward's total."""
+    """Generates (with `protocol(sampler)`) and grades one completion per example. `keep_last` keeps only each
+    prompt's last tokens (small test models); `strict` adds the strict score, `reward_style` the training
+    reward's total."""
     prompts = render_prompts(tokenizer, task, examples, style=prompt_style)
     ids_NxP, mask_NxP = tokenizer.batch_encode(prompts, max_length=max_prompt_length, keep_last=keep_last)
-    completions = complete(model_config, params, tokenizer, ids_NxP, mask_NxP, sampler, batch_size=batch_size,
-                           rng=rng, mesh=mesh)
+    completions = complete(model_config, params, tokenizer, ids_NxP, mask_NxP, protocol(sampler),
+                           batch_size=batch_size, rng=rng, mesh=mesh)
     return [Graded(prompt, text, task.score(text, ex), task.score(text, ex, strict=True) if strict else None,
                    task.reward(text, ex, style=reward_style).total if reward_style else None)
             for prompt, text, ex in zip(prompts, completions, examples)]

@@ -1,5 +1,5 @@
 """The jitted step functions of the trainer: per-micro-batch gradients (AGRPO, diffu-GRPO), the optimizer update,
-the SFT update, and the sampler's view of the policy params.
+the SFT update, and the sampler's view of the policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state.
@@ -40,6 +40,19 @@ def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=N
                                       config=config, lora_config=lora_config, dropout_rng=dropout_rng)
 
 
+@functools.partial(jax.jit, donate_argnums=(0,))
+def accumulate(grad_sum, grads):
+    """grad_sum + grads, written into grad_sum's buffers: with the caller dropping each micro-batch's tree once
+    added, accumulation keeps one running sum alive, not every micro-batch's gradient tree."""
+    return jax.tree.map(lambda total, g: total + g, grad_sum, grads)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def divide(grad_sum, count):
+    """grad_sum / count (the mean over micro-batches), in place; `count` is traced, so one program serves all."""
+    return jax.tree.map(lambda total: total / count, grad_sum)
+
+
 @functools.partial(jax.jit, static_argnames=("tx",), donate_argnums=(0, 1))
 def apply_update(trainable, opt_state, grads, *, tx):
     """One optimizer update; returns (trainable, opt_state, global gradient norm)."""
@@ -56,12 +69,8 @@ def sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, m
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-_merge_lora = jax.jit(lora_lib.merge_lora, static_argnames=("config",))
-
-
 def sampling_params(trainable, frozen, lora_config):
-    """Plain params for the sampler: LoRA merged into the base once per rollout (no per-step adapter matmuls);
-    for full fine-tuning the trainable params themselves (no copy)."""
-    if lora_config is None:
-        return trainable
-    return _merge_lora(frozen, trainable, lora_config)
+    """The policy params the sampler runs: exactly the loss's (`lora.policy_params`), so sampling and training
+    log-probs of the same tokens agree. With LoRA every adapted kernel is a `LoRAWeight` evaluated as
+    x @ W + s·(x @ A) @ B; a merged bf16 kernel would round small updates away and sample a lagging policy."""
+    return lora_lib.policy_params(trainable, frozen, lora_config)

@@ -8,14 +8,17 @@ the params and optimizer state (`rl.train_state`), so a run killed at any point 
 continues exactly as an uninterrupted run would (same rollouts, same metrics).
 
 Batching follows the AGRPO paper: each optimizer step takes `prompts_per_micro_batch × grad_accum` prompts;
-every prompt gets G = num_generations completions in consecutive rows; each micro-batch's gradient is divided by
-grad_accum (the HF Trainer's gradient accumulation). Params, LoRA adapters, optimizer state and batches are laid
-out on the mesh by `MeshConfig.rules`. (Over 300 lines: warm start, rollout, micro-batching and the loop all
-read the one run's state held by `Trainer`; the pure pieces live in `rl.steps`, `rl.evaluate`, `rl.train_state`.)
+every prompt gets G = num_generations completions in consecutive rows; the micro-batch gradients are summed into
+one running buffer and divided by grad_accum (the HF Trainer's gradient accumulation). Rollouts sample the same
+params the loss differentiates (LoRA unmerged, `steps.sampling_params`). Params, LoRA adapters, optimizer state
+and batches are laid out on the mesh by `MeshConfig.rules`. (Over 300 lines: warm start, rollout, micro-batching
+and the loop all read the one run's state held by `Trainer`; the pure pieces live in `rl.steps`, `rl.evaluate`,
+`rl.train_state`.)
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -24,11 +27,13 @@ from typing import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from dllm_rl import metrics as metrics_lib, paths, plots
 from dllm_rl.atomic import atomic_directory
 from dllm_rl.checkpoint import copy_side_files, save_orbax
+from dllm_rl.export import export_peft
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib, multihost
 from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, steps, train_state
@@ -39,6 +44,11 @@ from dllm_rl.tasks import get_task, make_dataset, render_prompts
 from dllm_rl.tokenizer import Tokenizer
 
 FINAL_MODEL_DIR = "final_model"  # the trained policy as a model folder, for experiments.eval --ckpt_dir
+FINAL_ADAPTER_DIR = "final_adapter"  # LoRA runs: the adapters as a PEFT folder (exact; the merged bf16 model is not)
+# The AGRPO loss metrics logged per step; logp_mismatch_* is |rollout log-prob − loss log-prob| of the scored
+# tokens before the update (float noise when the sampler runs the trained policy).
+LOSS_METRICS = ("clip_fraction", "ratio_mean", "kl", "importance_weight_mean", "dropped_tokens", "logp_mismatch_mean",
+                "logp_mismatch_max")
 # Timing metrics differ between otherwise identical runs; everything else in a metrics row is reproducible.
 TIMING_KEYS = ("rollout_seconds", "loss_seconds", "step_seconds", "tokens_per_second", "eval_seconds")
 
@@ -142,22 +152,27 @@ class Trainer:
                                                     model_config=self.model_config, tx=tx)
         return params
 
-    def evaluate(self, sampling_params) -> dict[str, float]:
-        """Held-out evaluation (`rl.evaluate`) over `eval_examples`: mean training reward and task accuracy.
+    def grade(self, sampling_params) -> list[eval_lib.Graded]:
+        """Per-example held-out evaluation (`rl.evaluate`) of the first `eval_examples` of the eval split.
 
         Greedy by default (the papers' protocol); an `eval_sampler` with temperature > 0 samples with the same
-        key at every evaluation, so evaluations differ only through the policy.
+        key at every evaluation, so evaluations differ only through the policy. Prompts are padded to the
+        longest eval prompt, as `experiments.eval` pads them, so both give the same completions.
         """
         tc = self.train_cfg
         examples = list(self.task.load(tc.eval_split or self.task.default_eval_split)[: tc.eval_examples])
+        return eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, examples,
+                                 self.cfg.eval_sampler or eval_lib.greedy(self.cfg.rollout),
+                                 batch_size=tc.eval_batch_size, prompt_style=tc.prompt_style,
+                                 reward_style=tc.reward_style, rng=self._eval_key, mesh=self.mesh)
+
+    def evaluate(self, sampling_params) -> dict[str, float]:
+        """Held-out mean training reward, task accuracy and the count of grading timeouts (`grade`)."""
         start = time.perf_counter()
-        graded = eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, examples,
-                                   self.cfg.eval_sampler or eval_lib.greedy(self.cfg.rollout),
-                                   batch_size=tc.eval_batch_size, prompt_style=tc.prompt_style,
-                                   max_prompt_length=tc.max_prompt_length, reward_style=tc.reward_style,
-                                   rng=self._eval_key, mesh=self.mesh)
+        graded = self.grade(sampling_params)
         return {"eval_reward_mean": float(np.mean([g.reward for g in graded])),
                 "eval_accuracy": float(np.mean([g.score.correct for g in graded])),
+                "eval_timeouts": float(sum(g.score.timed_out for g in graded)),
                 "eval_seconds": time.perf_counter() - start}
 
     # ---- one RL step -----------------------------------------------------------------------------------------
@@ -189,6 +204,7 @@ class Trainer:
         info = {k: float(v) for k, v in stats.items()}
         for i, name in enumerate(names):
             info[f"reward/{name}"] = float(np.mean(table[:, 1 + i]))
+        info["reward/timeouts"] = float(table[:, 1 + len(names)].sum())
         info["completion_length"] = float(table[:, -2].mean())
         if entropy is not None:
             info["entropy"] = float(table[:, -1].sum() / max(table[:, -2].sum(), 1))
@@ -212,8 +228,7 @@ class Trainer:
         jax.block_until_ready(grads)
         info["loss_seconds"] = time.perf_counter() - start
         info["loss"] = float(loss)
-        info.update({k: float(v) for k, v in m.items() if k in ("clip_fraction", "ratio_mean", "kl",
-                                                                 "importance_weight_mean", "dropped_tokens")})
+        info.update({k: float(v) for k, v in m.items() if k in LOSS_METRICS})
         return grads, info
 
     def _diffu_micro_batches(self, trainable, frozen, examples_per_micro, key):
@@ -249,11 +264,15 @@ class Trainer:
 
     def _agrpo_update(self, trainable, frozen, opt_state, micro_examples, key):
         """One optimizer update from the averaged gradients of every micro-batch."""
-        micro = [self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i))
-                 for i, ex in enumerate(micro_examples)]
-        grads = jax.tree.map(lambda *g: sum(g) / len(micro), *[g for g, _ in micro])
+        grad_sum, infos = None, []
+        for i, ex in enumerate(micro_examples):
+            grads, info = self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i))
+            grad_sum = _add(grad_sum, grads)
+            del grads  # summed: free it before the next micro-batch's backward pass
+            infos.append(info)
+        grads = steps.divide(grad_sum, len(micro_examples))
         trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
-        return trainable, opt_state, [info for _, info in micro], [grad_norm]
+        return trainable, opt_state, infos, [grad_norm]
 
     def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key):
         """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (d1's `clip_ratio`
@@ -264,17 +283,18 @@ class Trainer:
         logged = [[] for _ in prepared]
         t0 = time.perf_counter()
         for it in range(cfg.num_iterations):
-            micro_grads = []
+            grad_sum = None
             for m, (batch, keys, old, ref, info) in enumerate(prepared):
                 j = diffu_grpo.mask_index(it, m, cfg)
                 loss, grads, metrics = steps.diffu_grads(
                     trainable, frozen, batch, keys[j], None if old is None else old[j], None if ref is None else ref[j],
                     jax.random.fold_in(dropout_key, it * len(prepared) + m), model_config=self.model_config,
                     config=cfg, lora_config=self.cfg.lora)
-                micro_grads.append(grads)
+                grad_sum = _add(grad_sum, grads)
+                del grads
                 logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items()
                                                     if k in ("clip_fraction", "clip_ratio", "kl")}))
-            grads = jax.tree.map(lambda *g: sum(g) / len(prepared), *micro_grads)
+            grads = steps.divide(grad_sum, len(prepared))
             trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
             grad_norms.append(grad_norm)
         for info, rows in zip(infos, logged):
@@ -289,10 +309,12 @@ class Trainer:
         micro_examples = [[next(data) for _ in range(tc.prompts_per_micro_batch)] for _ in range(tc.grad_accum)]
         update = self._agrpo_update if tc.algorithm == "agrpo" else self._diffu_updates
         trainable, opt_state, infos, grad_norms = update(trainable, frozen, opt_state, micro_examples, key)
-        summed = ("rollout_seconds", "loss_seconds", "generated_tokens")
+        summed = ("rollout_seconds", "loss_seconds", "generated_tokens", "reward/timeouts")
         row = {k: float(np.mean([i[k] for i in infos if k in i])) for k in infos[0] if k not in summed}
         for k in summed:
             row[k] = float(sum(i.get(k, 0.0) for i in infos))
+        if "logp_mismatch_max" in row:
+            row["logp_mismatch_max"] = max(i["logp_mismatch_max"] for i in infos)
         row["tokens_per_second"] = row.pop("generated_tokens") / max(row["rollout_seconds"], 1e-9)
         row["grad_norm"] = float(np.mean([float(g) for g in grad_norms]))
         row["learning_rate"] = float(self.schedule(step - 1))  # the rate this step's update used
@@ -321,6 +343,8 @@ class Trainer:
         if restored_step is None and tc.sft_steps:
             base = self.warm_start(base, progress)
         trainable, frozen, opt_state = self.init_state(base)
+        if lora is not None:
+            self.write_lora_config()
         # The SFT-warm-started base is part of the run's state whenever it is still used (LoRA base or KL ref).
         keep_base = bool(tc.sft_steps) and (lora is not None or needs_ref)
         data = self._dataset(tc.seed)
@@ -358,9 +382,36 @@ class Trainer:
         if multihost.is_primary():
             plots.plot_run(self.workdir)
         if tc.export_final_model and not self.stop_requested:
-            self.export(steps.sampling_params(trainable, frozen, lora), os.path.join(self.workdir, FINAL_MODEL_DIR))
+            self.export_final(trainable, frozen)
         self.trainable, self.frozen = trainable, frozen
         return rows
+
+    def write_lora_config(self) -> None:
+        """W/lora_config.json: the LoRAConfig fields (process 0 writes; replaced atomically)."""
+        if jax.process_index() != 0:
+            return
+        path = os.path.join(self.workdir, lora_lib.CONFIG_FILE)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(self.cfg.lora), f, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def export_final(self, trainable, frozen) -> None:
+        """W/final_model (LoRA merged) and, for LoRA runs, W/final_adapter (the adapters as a PEFT folder).
+
+        The merged kernels are stored in the base dtype on purpose: a bf16 merge rounds away LoRA updates below
+        half a bf16 step of W, so the exact policy of a bf16 LoRA run is base + final_adapter, unmerged.
+        """
+        lora = self.cfg.lora
+        if lora is None:
+            params = trainable
+        else:
+            kernel_dtype = frozen["layers"][lora.targets[0]].dtype if lora.targets else frozen["lm_head"].dtype
+            params = lora_lib.merge_lora(frozen, trainable, lora, dtype=kernel_dtype)
+            adapters = multihost_utils.process_allgather(trainable, tiled=True)
+            if jax.process_index() == 0:
+                export_peft(os.path.join(self.workdir, FINAL_ADAPTER_DIR), self.model_config, adapters, lora,
+                            overwrite=True)
+        self.export(params, os.path.join(self.workdir, FINAL_MODEL_DIR))
 
     def export(self, params, out_dir: str) -> None:
         """Writes the policy (LoRA merged) as a model folder that `load_model(ckpt_dir=...)` and
@@ -376,12 +427,19 @@ class Trainer:
             copy_side_files(self.cfg.model.tokenizer_path, tmp_dir)
 
 
+def _add(grad_sum, grads):
+    """Running micro-batch gradient sum: the first micro-batch's tree is the buffer, later ones are added into it
+    (`steps.accumulate` donates it), so peak memory does not grow with grad_accum."""
+    return grads if grad_sum is None else steps.accumulate(grad_sum, grads)
+
+
 def _reward_table(breakdowns, names, completion, entropy, eos_id) -> np.ndarray:
-    """Per-row [total reward, each named component, completion length, summed entropy] (float64), the small
-    host data gathered across processes to compute advantages and metrics over the whole batch."""
+    """Per-row [total reward, each named component, timed out (0/1), completion length, summed entropy]
+    (float64), the small host data gathered across processes to compute advantages and metrics over the whole
+    batch."""
     non_eos = completion != eos_id
     ent = np.zeros(len(completion)) if entropy is None else (entropy * non_eos).sum(1)
-    return np.asarray([[b.total, *(b.components[n] for n in names), n_tok, e]
+    return np.asarray([[b.total, *(b.components[n] for n in names), b.timed_out, n_tok, e]
                        for b, n_tok, e in zip(breakdowns, non_eos.sum(1), ent)], np.float64)
 
 
