@@ -221,8 +221,8 @@ def test_gradient_accumulation_memory_does_not_grow_with_grad_accum(tmp_path, mo
 
 @pytest.mark.slow
 def test_shortened_demo_improves_held_out_reward(tmp_path):
-    """The demo config, shortened to 30 RL steps: AGRPO after the SFT warm start clearly raises the greedy reward
-    on held-out prompts (the full demo roughly doubles it, BENCHMARKS.md)."""
+    """The demo config, shortened to 30 RL steps: AGRPO after the SFT warm start clearly raises the greedy reward and
+    exact-match accuracy on held-out prompts (the full 40-step demo: 0.1 % → 89 % over 3 seeds, BENCHMARKS.md)."""
     cfg = parse_config([DEMO], ["dllm_rl.TrainConfig.num_steps = 30", "dllm_rl.TrainConfig.eval_every = 30",
                                 "dllm_rl.TrainConfig.checkpoint_every = 0"])
     rows = Trainer(cfg, tmp_path).train(progress=False)
@@ -230,3 +230,4 @@ def test_shortened_demo_improves_held_out_reward(tmp_path):
     assert [r["step"] for r in evals] == [0, 30]
     before, after = evals
     assert after["eval_reward_mean"] > before["eval_reward_mean"] + 0.2, (before, after)
+    assert after["eval_accuracy"] > before["eval_accuracy"] + 0.2, (before, after)
