@@ -20,7 +20,7 @@ import sys
 
 import gin
 
-from dllm_rl import paths
+from dllm_rl import metrics as metrics_lib, paths
 from dllm_rl.models.lora import LoRAConfig
 from dllm_rl.parallel import multihost
 from dllm_rl.parallel.mesh import MeshConfig
@@ -91,14 +91,25 @@ def main(argv=None) -> int:
         return 2
     if multihost.is_primary():
         (paths.absolute(args.workdir) / "operative_config.gin").write_text(gin.operative_config_str())
-    rows = trainer.train(progress=not args.no_progress)
-    evals = [r for r in rows if "eval_accuracy" in r]
-    if evals:
-        print(f"eval_accuracy {evals[0]['eval_accuracy']:.3f} (step {evals[0]['step']}) -> "
-              f"{evals[-1]['eval_accuracy']:.3f} (step {evals[-1]['step']})")
+    trainer.train(progress=not args.no_progress)
     if multihost.is_primary():
-        print(f"metrics: {os.path.join(args.workdir, 'metrics.jsonl')}")
+        print("\n".join(summary_lines(args.workdir)))
     return 0
+
+
+def summary_lines(workdir: str) -> list[str]:
+    """The run's closing lines: held-out accuracy and reward before → after (over the whole run, resumes included)
+    and where the metrics and plots are."""
+    evals = [r for r in metrics_lib.read_metrics(workdir) if "eval_accuracy" in r]
+    lines = []
+    if evals:
+        first, last = evals[0], evals[-1]
+        lines.append(f"held-out accuracy {first['eval_accuracy']:.1%} (step {first['step']}) -> "
+                     f"{last['eval_accuracy']:.1%} (step {last['step']})")
+        lines.append(f"held-out reward {first['eval_reward_mean']:.3f} -> {last['eval_reward_mean']:.3f}")
+    lines.append(f"metrics: {os.path.join(workdir, metrics_lib.METRICS_FILE)}")
+    lines.append(f"plots: {os.path.join(workdir, 'plots')} (overview.png)")
+    return lines
 
 
 if __name__ == "__main__":
