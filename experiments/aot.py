@@ -13,7 +13,7 @@ and the eval sampler. One JSON line per program: per-chip bytes = arguments + te
 that stays resident meanwhile (`resident_bytes`) is within the device's HBM. Exit status 1 when a program does
 not fit. The model is the checkpoint's config.json when the gin points at one that exists here,
 else `--model_config` (default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body
-once.
+once. (Just over 300 lines: the abstract inputs of four programs and their resident state belong together.)
 """
 from __future__ import annotations
 
