@@ -505,7 +505,9 @@ print(json.dumps({
     "unmask": bool(np.array_equal(single.unmask_step, sharded.unmask_step)),
     "bits": bool(np.array_equal(single.truncation.bits, sharded.truncation.bits)),
     "logp": float(np.abs(np.asarray(single.logp) - np.asarray(sharded.logp)).max()),
-    "spec": str(sharded.tokens.sharding.spec), "ndev": len(sharded.tokens.sharding.device_set)}))
+    "batch_axes": list(np.atleast_1d(sharded.tokens.sharding.spec[0])),
+    "other_axes": [a for a in sharded.tokens.sharding.spec[1:] if a is not None],
+    "ndev": len(sharded.tokens.sharding.device_set)}))
 """
 
 
@@ -518,6 +520,7 @@ def test_sharded_generate_equals_unsharded(tiny_dir):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["tokens"] and res["unmask"] and res["bits"], res
     assert res["logp"] < 1e-5 and res["ndev"] == 8, res
+    assert res["batch_axes"] == ["data", "fsdp"] and res["other_axes"] == [], res  # rows split, positions whole
 
 
 def test_bench_sampler_cli_tiny():
