@@ -80,11 +80,12 @@ def test_trainer_eval_and_the_cli_grade_identically(tmp_path):
     trainer = Trainer(cfg, tmp_path / "run")
     graded = trainer.grade(trainer.base_params)
     trainer.export(trainer.base_params, str(tmp_path / "model"))
-    eval_cli.main(["--task", "reverse", "--lengths", "8", "--block_length", "8", "--steps_per_token", "1",
+    task = cfg.train.task  # the demo's task, whichever it is
+    eval_cli.main(["--task", task, "--lengths", "8", "--block_length", "8", "--steps_per_token", "1",
                    "--batch_size", "4", "--limit", "6", "--ckpt_dir", str(tmp_path / "model"),
                    "--out_dir", str(tmp_path / "eval")])
     split = trainer.task.default_eval_split
-    rows = [json.loads(line) for line in (tmp_path / "eval" / f"reverse_{split}_len8.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / f"{task}_{split}_len8.jsonl").read_text().splitlines()]
     assert len(rows) == len(graded) == 6
     assert [r["prompt"] for r in rows] == [g.prompt for g in graded]
     assert [r["completion"] for r in rows] == [g.completion for g in graded]
