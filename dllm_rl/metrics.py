@@ -56,7 +56,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.workdir) if resume_step is not None and r.get("step", 0) <= resume_step]
         self._lines = [json.dumps(r) + "\n" for r in kept]
-        _replace_bytes(self.path, "".join(self._lines).encode())
+        paths.replace_bytes(self.path, "".join(self._lines).encode())
         self._file = None if paths.is_remote(self.path) else open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -71,7 +71,7 @@ class MetricsWriter:
             return row
         if self._file is None:
             self._lines.append(json.dumps(row) + "\n")
-            _replace_bytes(self.path, "".join(self._lines).encode())
+            paths.replace_bytes(self.path, "".join(self._lines).encode())
         else:
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
@@ -96,10 +96,3 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _replace_bytes(path, data: bytes) -> None:
-    """Writes `data` to a temporary sibling, then renames it onto `path` (readers never see a partial file)."""
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -16,3 +16,10 @@ def absolute(path: str | os.PathLike) -> epath.Path:
     """A local path made absolute (Orbax needs absolute paths); a remote URL unchanged."""
     path = os.fspath(path)
     return epath.Path(path if is_remote(path) else os.path.abspath(path))
+
+
+def replace_bytes(path: epath.Path, data: bytes) -> None:
+    """Writes `data` to a temporary sibling, then renames it onto `path` (readers never see a partial file)."""
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -388,12 +388,9 @@ class Trainer:
 
     def write_lora_config(self) -> None:
         """W/lora_config.json: the LoRAConfig fields (process 0 writes; replaced atomically)."""
-        if jax.process_index() != 0:
-            return
-        path = os.path.join(self.workdir, lora_lib.CONFIG_FILE)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(self.cfg.lora), f, indent=2)
-        os.replace(path + ".tmp", path)
+        if multihost.is_primary():
+            paths.replace_bytes(paths.absolute(self.workdir) / lora_lib.CONFIG_FILE,
+                                json.dumps(dataclasses.asdict(self.cfg.lora), indent=2).encode())
 
     def export_final(self, trainable, frozen) -> None:
         """W/final_model (LoRA merged) and, for LoRA runs, W/final_adapter (the adapters as a PEFT folder).
@@ -408,7 +405,7 @@ class Trainer:
             kernel_dtype = frozen["layers"][lora.targets[0]].dtype if lora.targets else frozen["lm_head"].dtype
             params = lora_lib.merge_lora(frozen, trainable, lora, dtype=kernel_dtype)
             adapters = multihost_utils.process_allgather(trainable, tiled=True)
-            if jax.process_index() == 0:
+            if multihost.is_primary():
                 export_peft(os.path.join(self.workdir, FINAL_ADAPTER_DIR), self.model_config, adapters, lora,
                             overwrite=True)
         self.export(params, os.path.join(self.workdir, FINAL_MODEL_DIR))
