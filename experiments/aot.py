@@ -151,11 +151,14 @@ def prompts(setup: Setup, rows: int):
 
 
 def lower_sampler(setup: Setup, sampler, rows: int):
-    """The sampler program on the merged (plain) policy params, as the trainer and evaluation call it."""
+    """The sampler program on the policy params as the trainer samples them (`rl.steps.sampling_params`: the
+    base with unmerged LoRA adapters, or the fine-tuned params)."""
+    from dllm_rl.rl.steps import sampling_params
     from dllm_rl.sampling.generate import lower
 
     ids, mask = prompts(setup, rows)
-    return lower(setup.model_config, sampler, setup.base, ids, mask, abstract_key(setup.mesh))
+    params = sampling_params(setup.trainable, setup.frozen, setup.cfg.lora)
+    return lower(setup.model_config, sampler, params, ids, mask, abstract_key(setup.mesh))
 
 
 def rollout_rows(setup: Setup) -> int:
@@ -210,20 +213,18 @@ def lower_update(setup: Setup):
     from dllm_rl.rl import steps
 
     tx, opt_state = abstract_opt_state(setup)
-    return steps.apply_update.lower(setup.trainable, opt_state, setup.trainable, tx=tx)
+    return steps.update_program(tx, setup.trainable, opt_state).lower(setup.trainable, opt_state, setup.trainable)
 
 
 def resident_bytes(setup: Setup, name: str) -> int:
     """Per-device bytes of the training state that stay in HBM while `name` runs without being its arguments:
-    the optimizer state outside the update; the frozen base during the update; during sampling the whole
-    training state, since the sampler reads a merged copy (LoRA) or the trainable params themselves (full FT)."""
-    opt = sharded_bytes(abstract_opt_state(setup)[1])
-    frozen = 0 if setup.frozen is None else sharded_bytes(setup.frozen)
-    if name == "loss":
-        return opt
+    the frozen base during the update; the optimizer state otherwise (the loss and the samplers take the
+    trainable and frozen params as arguments), plus, in the rollout and loss of a later micro-batch, the running
+    gradient sum (shaped like the trainable params)."""
     if name == "update":
-        return frozen
-    return opt + frozen + (sharded_bytes(setup.trainable) if setup.frozen is not None else 0)
+        return 0 if setup.frozen is None else sharded_bytes(setup.frozen)
+    grad_sum = sharded_bytes(setup.trainable) if name != "eval" and setup.cfg.train.grad_accum > 1 else 0
+    return sharded_bytes(abstract_opt_state(setup)[1]) + grad_sum
 
 
 def lower_program(setup: Setup, name: str):

@@ -2,7 +2,8 @@
 the SFT update, and the sampler's view of the policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
-compiles once. The update functions donate the trainable params and optimizer state.
+compiles once. The update functions donate the trainable params and optimizer state and return them in the
+layout they came in (`layout_keeping`), so one program serves every step.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import functools
 
 import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dllm_rl.models import lora as lora_lib
 from dllm_rl.rl import agrpo, diffu_grpo, sft
@@ -53,20 +55,52 @@ def divide(grad_sum, count):
     return jax.tree.map(lambda total: total / count, grad_sum)
 
 
-@functools.partial(jax.jit, static_argnames=("tx",), donate_argnums=(0, 1))
-def apply_update(trainable, opt_state, grads, *, tx):
-    """One optimizer update; returns (trainable, opt_state, global gradient norm)."""
+def _apply_update(trainable, opt_state, grads, *, tx):
     updates, opt_state = tx.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, optax.tree.norm(grads)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "tx"), donate_argnums=(0, 1))
-def sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, model_config, tx):
-    """One masked-diffusion SFT update of all params; returns (params, opt_state, loss)."""
+def _sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, model_config, tx):
     loss, grads = jax.value_and_grad(sft.sft_loss, argnums=1)(model_config, params, prompt_ids, answer_ids, rng,
                                                               prompt_mask)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+def update_program(tx, trainable, opt_state):
+    """The jitted optimizer update for params and state laid out as `trainable` and `opt_state` (arrays or
+    abstract arrays with shardings); `apply_update` runs it."""
+    return layout_keeping(_apply_update, trainable, opt_state, tx=tx)
+
+
+def apply_update(trainable, opt_state, grads, *, tx):
+    """One optimizer update, donating params and state; returns (trainable, opt_state, global gradient norm),
+    the first two in the layout they came in."""
+    return update_program(tx, trainable, opt_state)(trainable, opt_state, grads)
+
+
+def sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, model_config, tx):
+    """One masked-diffusion SFT update of all params, donating params and state; returns (params, opt_state,
+    loss), the first two in the layout they came in."""
+    program = layout_keeping(_sft_update, params, opt_state, model_config=model_config, tx=tx)
+    return program(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng)
+
+
+def layout_keeping(update, params, opt_state, **static):
+    """`update(params, opt_state, ...) -> (params, opt_state, scalar)` jitted with params and state donated and
+    returned in the shardings they came in. Left free, XLA re-lays out some outputs (FSDP: the norm weights become
+    sharded), and the next step, seeing new input shardings, compiles the program again."""
+    leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, (params, opt_state)))
+    return _layout_kept(update, tuple(sorted(static.items())), treedef, tuple(leaves))
+
+
+@functools.lru_cache(maxsize=16)
+def _layout_kept(update, static_items, treedef, shardings):
+    params_sharding, opt_sharding = jax.tree.unflatten(treedef, shardings)
+    first = shardings[0]
+    scalar = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
+    return jax.jit(functools.partial(update, **dict(static_items)), donate_argnums=(0, 1),
+                   out_shardings=(params_sharding, opt_sharding, scalar))
 
 
 def sampling_params(trainable, frozen, lora_config):

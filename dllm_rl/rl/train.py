@@ -136,7 +136,7 @@ class Trainer:
         """Masked-diffusion SFT on the training split's reference answers (EOS-padded to the rollout length)."""
         tc, length = self.train_cfg, self.cfg.rollout.gen_length
         tx = make_sft_optimizer(tc)
-        opt_state = tx.init(params)
+        opt_state = mesh_lib.replicate_off_mesh(tx.init(params), self.mesh)
         data = self._dataset(tc.seed + 1)
         eos = self.tokenizer.eos_token_id
         for i in tqdm(range(tc.sft_steps), desc="SFT warm start", disable=not progress):
