@@ -33,9 +33,11 @@ setup(
         "pyarrow>=15",
     ],
     extras_require={
+        # gs:// workdirs, checkpoints and model folders (etils epath reads them through fsspec's gcsfs).
+        "gcs": ["gcsfs>=2024.2"],
         # nbclient + ipykernel execute notebooks/*.ipynb in tests/test_notebooks.py (no network needed).
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7", "nbclient>=0.10,<0.12",
-                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8",
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "gcsfs>=2024.2",
                  # libtpu: the TPU compiler, so tests compile for TPU topologies on a CPU machine (test_aot.py)
                  "jax[tpu]>=0.10.2,<0.12"],
     },

@@ -15,6 +15,8 @@ import jinja2.sandbox
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
+from dllm_rl import paths
+
 MASK_TOKEN = "<|mdm_mask|>"
 
 
@@ -72,19 +74,18 @@ class Tokenizer:
     def from_dir(cls, path: str | os.PathLike) -> "Tokenizer":
         """Loads `tokenizer.json` and `tokenizer_config.json` from an HF model folder."""
         path = os.fspath(path)
-        tok_file = os.path.join(path, "tokenizer.json")
-        cfg_file = os.path.join(path, "tokenizer_config.json")
+        folder = paths.absolute(path)  # local or gs://
+        tok_file, cfg_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
         for f in (tok_file, cfg_file):
-            if not os.path.exists(f):
+            if not f.exists():
                 raise TokenizerError(f"{f}: missing; copy tokenizer.json and tokenizer_config.json from the HF "
                                      "model repository into this folder")
         try:
-            hf_tok = _HFTokenizer.from_file(tok_file)
+            hf_tok = _HFTokenizer.from_str(tok_file.read_text(encoding="utf-8"))
         except Exception as e:
             raise TokenizerError(f"{tok_file}: cannot load ({e})") from None
         try:
-            with open(cfg_file, encoding="utf-8") as f:
-                config = json.load(f)
+            config = json.loads(cfg_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise TokenizerError(f"{cfg_file}: not valid JSON ({e})") from None
         return cls(hf_tok, config, source=path)

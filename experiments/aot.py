@@ -31,7 +31,7 @@ from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
 from dllm_rl.models import lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from experiments.cli import make_parser, run_main
+from experiments.cli import make_parser, mesh_flag, run_main
 
 GIB = 2**30
 # HBM per chip by device_kind (the topology's devices report no memory stats).
@@ -53,11 +53,6 @@ def device_hbm_bytes(topology: str, devices: list) -> int:
     two TensorCores as a device)."""
     chips = math.prod(int(n) for n in topology.split(":")[1].split("x"))
     return CHIP_HBM_GIB[devices[0].device_kind] * GIB * chips // len(devices)
-
-
-def parse_mesh(text: str) -> dict[str, int]:
-    """'data=1,fsdp=8,tensor=1' -> {'data': 1, 'fsdp': 8, 'tensor': 1}."""
-    return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(","))}
 
 
 def abstract_tree(shapes, dtypes, shardings):
@@ -135,11 +130,11 @@ def make_setup(cfg, model_config: llada.LLaDAConfig, mesh) -> Setup:
     base = abstract_params(model_config, mesh, cfg.model.dtype, cfg.mesh.rules)
     if cfg.lora is None:
         return Setup(cfg, model_config, mesh, base, base, None)
-    shapes = jax.eval_shape(lambda p: lora_lib.init_lora(p, cfg.lora, jax.random.key(0)), base)
-    axes = lora_lib.lora_logical_axes(cfg.lora, llada.param_logical_axes())
-    shardings = mesh_lib.tree_shardings(mesh, axes, cfg.mesh.rules)
-    adapters = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-    mesh_lib.check_divisible(jax.tree.map(lambda x: x.shape, adapters), shardings, "LoRA adapter")
+    abstract = jax.eval_shape(lambda p: lora_lib.init_lora(p, cfg.lora, jax.random.key(0)), base)
+    shapes = jax.tree.map(lambda x: x.shape, abstract)
+    shardings = mesh_lib.lora_shardings(mesh, cfg.lora, shapes, cfg.mesh.rules)
+    mesh_lib.check_divisible(shapes, shardings, "LoRA adapter")
+    adapters = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return Setup(cfg, model_config, mesh, base, adapters, base)
 
 
@@ -271,7 +266,7 @@ def parse_args(argv=None):
     p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x4")
     p.add_argument("--gin", action="append", required=True, help="gin config file (repeatable)")
     p.add_argument("--gin_binding", action="append", default=[], help="extra binding, e.g. 'experiment.lora=None'")
-    p.add_argument("--mesh", default=None, help="override MeshConfig.shape, e.g. data=1,fsdp=8,tensor=1")
+    p.add_argument("--mesh", type=mesh_flag, default=None, help="override MeshConfig.shape, e.g. data=1,fsdp=8,tensor=1")
     p.add_argument("--model_config", default=str(LLADA_8B_META_DIR / "config.json"),
                    help="model config.json when the gin's checkpoint does not exist here (default: LLaDA-8B)")
     p.add_argument("--programs", default=",".join(PROGRAMS), help=f"comma-separated subset of {PROGRAMS}")
@@ -285,7 +280,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     cfg = parse_config(args.gin, args.gin_binding)
     if args.mesh:
-        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, shape=parse_mesh(args.mesh)))
+        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, shape=args.mesh))
     devices = topology_devices(args.topology)
     mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
     setup = make_setup(cfg, model_config_for(cfg, args.model_config), mesh)

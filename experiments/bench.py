@@ -39,7 +39,7 @@ import numpy as np
 
 from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
-from experiments.cli import make_parser, run_main
+from experiments.cli import make_parser, mesh_flag, run_main
 
 CONFIG_8B = LLADA_8B_META_DIR / "config.json"
 
@@ -279,7 +279,8 @@ def run_sampler_profile(args) -> dict:
 
 def add_sampler_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", default="v5e:2x4", help="TPU topology name for jax.experimental.topologies")
-    p.add_argument("--mesh", default="data=1,fsdp=8,tensor=1", help="mesh axis sizes over the topology's chips")
+    p.add_argument("--mesh", type=mesh_flag, default="data=1,fsdp=8,tensor=1",
+                   help="mesh axis sizes over the topology's chips")
     add_rollout_args(p, "bfloat16", 8, 128, 384, 12, 0.6, 150, 0.99)
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--remasking", default="random")
@@ -294,7 +295,7 @@ def run_sampler_compile(args) -> dict:
     from dllm_rl.sampling.generate import lower
     from experiments import aot
 
-    mesh = mesh_lib.make_mesh(aot.parse_mesh(args.mesh), devices=aot.topology_devices(args.topology))
+    mesh = mesh_lib.make_mesh(args.mesh, devices=aot.topology_devices(args.topology))
     config = model_config("8b")
     dtype = jnp.dtype(args.dtype)
     params = aot.abstract_params(config, mesh, dtype)

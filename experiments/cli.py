@@ -37,6 +37,15 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def mesh_flag(text: str) -> dict[str, int]:
+    """The type of the --mesh flags: 'data=1,fsdp=8,tensor=1' -> {'data': 1, 'fsdp': 8, 'tensor': 1}."""
+    try:
+        return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give axis sizes as data=1,fsdp=8,tensor=1 "
+                                         "(-1 on one axis takes the remaining devices)") from None
+
+
 def quiet_third_party_logging() -> None:
     """Third-party INFO/WARNING chatter off the normal path; errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

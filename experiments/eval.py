@@ -31,7 +31,7 @@ import time
 
 from dllm_rl.sampling import SamplerInputError
 from dllm_rl.tasks import get_task, list_tasks, warm_up_math_verify
-from experiments.cli import make_parser, run_main
+from experiments.cli import make_parser, mesh_flag, run_main
 
 
 def parse_args(argv=None):
@@ -51,6 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer_dir", default=None, help="tokenizer.json folder (default: the model folder)")
     p.add_argument("--dtype", default="bfloat16",
                    help="parameter dtype for --hf_dir (float32, bfloat16); --ckpt_dir loads as saved")
+    p.add_argument("--mesh", type=mesh_flag, default=None,
+                   help="lay the model and batches out over this host's devices: data=1,fsdp=-1 shards the weights "
+                        "(the 8B on 16 GiB TPU chips), data=-1 replicates them and splits each batch; default: "
+                        "one device")
     p.add_argument("--trajectories", type=int, default=0,
                    help="also draw the denoising trajectories of the first N examples as PNGs in --out_dir")
     p.add_argument("--out_dir", required=True)
@@ -60,10 +64,29 @@ def parse_args(argv=None):
     return args
 
 
-def load_model(args):
-    """(config, params): --hf_dir in --dtype, or --ckpt_dir in the dtype it was saved in."""
+def make_mesh(args):
+    """The --mesh over this host's devices (None without the flag), checked against --batch_size."""
+    if args.mesh is None:
+        return None
+    from dllm_rl.parallel import mesh as mesh_lib
+
+    try:
+        mesh = mesh_lib.make_mesh(args.mesh)
+        mesh_lib.check_divisible((args.batch_size,), mesh_lib.batch_sharding(mesh, 1), "--batch_size")
+    except ValueError as e:
+        raise SamplerInputError(f"--mesh: {e}") from None
+    return mesh
+
+
+def load_model(args, mesh=None):
+    """(config, params): --hf_dir in --dtype, or --ckpt_dir in the dtype it was saved in; on `mesh`, laid out by
+    the default sharding rules (weights over 'fsdp' and 'tensor')."""
     from dllm_rl.checkpoint import load_model as load
-    return load(hf_dir=args.hf_dir, ckpt_dir=args.ckpt_dir, dtype=args.dtype if args.hf_dir else None)
+    from dllm_rl.parallel import mesh as mesh_lib
+
+    shardings_fn = None if mesh is None else (lambda config: mesh_lib.param_shardings(mesh))
+    return load(hf_dir=args.hf_dir, ckpt_dir=args.ckpt_dir, dtype=args.dtype if args.hf_dir else None,
+                shardings_fn=shardings_fn)
 
 
 def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
@@ -76,7 +99,7 @@ def steps_for(length: int, steps_per_token: float, block_length: int) -> int:
     return steps
 
 
-def write_trajectories(config, params, tokenizer, task, examples, sampler, args, stem: str) -> list[str]:
+def write_trajectories(config, params, tokenizer, task, examples, sampler, args, stem: str, mesh=None) -> list[str]:
     """Trajectory PNGs `{stem}_trajectory{i}.png` of `examples`, generated in one batch with the eval's
     sampler and prompt rendering."""
     from dllm_rl.plots import save_figure, trajectory_figure
@@ -85,12 +108,12 @@ def write_trajectories(config, params, tokenizer, task, examples, sampler, args,
 
     prompts = render_prompts(tokenizer, task, examples, style=args.prompt_style)
     ids_NxP, mask_NxP = tokenizer.batch_encode(prompts, keep_last=args.max_prompt_tokens)
-    rollout = generate(config, params, ids_NxP, attention_mask=mask_NxP, **dataclasses.asdict(sampler))
+    rollout = generate(config, params, ids_NxP, attention_mask=mask_NxP, mesh=mesh, **dataclasses.asdict(sampler))
     return [save_figure(trajectory_figure(rollout, tokenizer, i), f"{stem}_trajectory{i}.png")
             for i in range(len(examples))]
 
 
-def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: pathlib.Path) -> dict:
+def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: pathlib.Path, mesh=None) -> dict:
     from dllm_rl.rl.evaluate import evaluate
     from dllm_rl.sampling import SamplerConfig
 
@@ -104,7 +127,7 @@ def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: path
                                 remasking="low_confidence")
         started = time.perf_counter()
         graded = evaluate(config, params, tokenizer, task, examples, sampler, batch_size=args.batch_size,
-                          prompt_style=args.prompt_style, keep_last=args.max_prompt_tokens, strict=True)
+                          prompt_style=args.prompt_style, keep_last=args.max_prompt_tokens, strict=True, mesh=mesh)
         seconds = time.perf_counter() - started
         correct = correct_strict = 0.0
         with open(out_dir / f"{task_name}_{split}_len{length}.jsonl", "w", encoding="utf-8") as f:
@@ -117,7 +140,7 @@ def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: path
                                     "correct_strict": g.strict.correct}, ensure_ascii=False) + "\n")
         if args.trajectories:
             write_trajectories(config, params, tokenizer, task, examples[:args.trajectories], sampler, args,
-                               str(out_dir / f"{task_name}_{split}_len{length}"))
+                               str(out_dir / f"{task_name}_{split}_len{length}"), mesh)
         results[str(length)] = {"split": split, "n": len(examples), "steps": steps, "block_length": args.block_length,
                                 "accuracy": 100 * correct / len(examples),
                                 "accuracy_strict": 100 * correct_strict / len(examples),
@@ -152,13 +175,14 @@ def main(argv=None) -> dict:
         get_task(name)  # fail fast on a typo or a bad length, before loading a model
     for length in args.lengths.split(","):
         steps_for(int(length), args.steps_per_token, args.block_length)
+    mesh = make_mesh(args)
     from dllm_rl.tokenizer import Tokenizer
     tokenizer = Tokenizer.from_dir(args.tokenizer_dir or args.hf_dir or args.ckpt_dir)
-    config, params = load_model(args)
+    config, params = load_model(args, mesh)
     warm_up_math_verify()
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {name: evaluate_task(name, args, config, params, tokenizer, out_dir) for name in task_names}
+    summary = {name: evaluate_task(name, args, config, params, tokenizer, out_dir, mesh) for name in task_names}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out_dir / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
     return summary

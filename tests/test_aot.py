@@ -7,10 +7,6 @@ import pytest
 from experiments import aot
 
 
-def test_parse_mesh():
-    assert aot.parse_mesh("data=1, fsdp=8,tensor=1") == {"data": 1, "fsdp": 8, "tensor": 1}
-
-
 def test_vocab_sorts_finds_sorts_over_the_vocabulary_only():
     hlo = "\n".join([
         "%body.1 (p: f32[2,160]) -> f32[2,160] {",

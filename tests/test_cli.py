@@ -82,3 +82,12 @@ def test_bugs_keep_their_traceback_and_results_become_exit_codes():
 def test_one_line_joins_a_multi_line_message():
     assert cli.one_line("No configurable 'x'.\n  In bindings string line 1\n    x.y=1") == \
         "No configurable 'x'; In bindings string line 1; x.y=1"
+
+
+def test_mesh_flag_parses_axis_sizes_or_says_how_to_write_them():
+    import argparse
+
+    assert cli.mesh_flag("data=1, fsdp=8,tensor=1") == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert cli.mesh_flag("data=1,fsdp=-1") == {"data": 1, "fsdp": -1}
+    with pytest.raises(argparse.ArgumentTypeError, match="data=1,fsdp=8,tensor=1"):
+        cli.mesh_flag("fsdp:8")

@@ -35,3 +35,23 @@ def test_eval_rejects_a_length_the_blocks_cannot_split(tmp_path, tiny_dir):
                              "--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("error: length 48") and "block_length" in result.stderr
+
+
+def test_eval_on_an_fsdp_mesh_gives_the_one_device_completions(tmp_path, tiny_dir, tiny_tokenizer_dir):
+    """--mesh data=1,fsdp=-1 (weights sharded over 4 fake devices, batch split) decodes what one device does."""
+    import os
+
+    def run(out, *extra):
+        cmd = [sys.executable, "-m", "experiments.eval", "--task", "gsm8k", "--lengths", "32", "--block_length", "32",
+               "--limit", "4", "--batch_size", "4", "--max_prompt_tokens", "48", "--hf_dir", str(tiny_dir),
+               "--tokenizer_dir", str(tiny_tokenizer_dir), "--dtype", "float32", "--out_dir", str(out), *extra]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        subprocess.run(cmd, check=True, timeout=600, env=env)
+        return [json.loads(line)["completion"] for line in (out / "gsm8k_test_len32.jsonl").read_text().splitlines()]
+
+    assert run(tmp_path / "fsdp", "--mesh", "data=1,fsdp=-1") == run(tmp_path / "one")
+    bad = subprocess.run([sys.executable, "-m", "experiments.eval", "--task", "gsm8k", "--lengths", "32",
+                          "--block_length", "32", "--batch_size", "3", "--mesh", "data=-1", "--hf_dir", str(tiny_dir),
+                          "--out_dir", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert bad.returncode == 2 and "--batch_size" in bad.stderr and "not divisible" in bad.stderr, bad.stderr

@@ -112,8 +112,8 @@ def test_lora_weight_is_a_pytree_that_scans(base):
 def test_logical_axes_and_errors():
     cfg = LoRAConfig(rank=2, targets=("q_proj",), lm_head=True)
     axes = lora_logical_axes(cfg, llada.param_logical_axes())
-    assert axes == {"layers": {"q_proj": {"a": ("layers", "embed", None), "b": ("layers", None, "heads")}},
-                    "lm_head": {"a": ("embed", None), "b": (None, "vocab")}}
+    assert axes == {"layers": {"q_proj": {"a": ("layers", "embed", "lora_rank"), "b": ("layers", "lora_rank", "heads")}},
+                    "lm_head": {"a": ("embed", "lora_rank"), "b": ("lora_rank", "vocab")}}
     with pytest.raises(ValueError, match="rank"):
         LoRAConfig(rank=0)
     with pytest.raises(ValueError, match="unknown kernel.*'o_proj'"):

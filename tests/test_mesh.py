@@ -64,6 +64,33 @@ def test_a_rules_table_changes_the_layout():
     assert pm.batch_sharding(MESH_2x2x2, 2, rules).spec == P("data", None)
 
 
+def test_lora_factors_are_split_over_fsdp_once_unless_the_rank_is_too_small():
+    import jax.numpy as jnp
+
+    from dllm_rl.models import llada
+    from dllm_rl.assets import LLADA_8B_META_DIR
+    from dllm_rl.models.lora import LoRAConfig, init_lora
+
+    model = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR)
+    base = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16), llada.param_shapes(model),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+    def specs(rank):
+        config = LoRAConfig(rank=rank, lm_head=True)
+        adapters = jax.eval_shape(lambda p: init_lora(p, config, jax.random.key(0)), base)
+        shapes = jax.tree.map(lambda x: x.shape, adapters)
+        return jax.tree.map(lambda s: s.spec, pm.lora_shardings(MESH_2x2x2, config, shapes))
+
+    split = specs(8)
+    assert split["layers"]["q_proj"] == {"a": P(None, "fsdp", None), "b": P(None, "fsdp", "tensor")}
+    assert split["layers"]["ff_out"] == {"a": P(None, "tensor", "fsdp"), "b": P(None, "fsdp", None)}
+    assert split["lm_head"] == {"a": P("fsdp", None), "b": P("fsdp", "tensor")}
+    # Rank 1 on fsdp 2: the rank stays whole; the factors' other dimensions keep their split.
+    whole = specs(1)
+    assert whole["layers"]["q_proj"] == {"a": P(None, "fsdp", None), "b": P(None, None, "tensor")}
+    assert whole["layers"]["ff_out"] == {"a": P(None, "tensor", None), "b": P(None, None, "fsdp")}
+
+
 def test_check_divisible_names_the_array():
     sharding = pm.batch_sharding(MESH_2x2x2, 2)
     pm.check_divisible((8, 3), sharding, "rollout batch")

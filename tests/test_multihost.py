@@ -1,5 +1,5 @@
-"""Multi-host training and sharding strategies: the same 3 training steps (rollout, loss, update) unsharded on one
-device, by 2 processes × 4 fake CPU devices (gloo) with FSDP and with data parallelism, and — resumed from the
+"""Multi-host training and sharding strategies: the same 3 training steps (rollout, loss, update) and held-out
+evaluations unsharded on one device, by 2 processes × 4 fake CPU devices (gloo) with FSDP and with data parallelism, and — resumed from the
 2-process FSDP checkpoint — by 1 process × 8 devices with FSDP × tensor parallelism, give the same metrics and
 params within float tolerance."""
 import os
@@ -19,8 +19,10 @@ from dllm_rl.rl.train import FINAL_MODEL_DIR, TIMING_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "experiments/configs/demo.gin")
-# 3 steps of the demo model, no SFT, no evaluation: 2 prompts × G=4 = 8 rollout rows (one per device).
-TINY = ["dllm_rl.TrainConfig.num_steps = 3", "dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.eval_every = 0",
+# 3 steps of the demo model, no SFT: 2 prompts × G=4 = 8 rollout rows (one per device); held-out evaluation of
+# 8 examples (one per device) at steps 0 and 3.
+TINY = ["dllm_rl.TrainConfig.num_steps = 3", "dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.eval_every = 3",
+        "dllm_rl.TrainConfig.eval_examples = 8", "dllm_rl.TrainConfig.eval_batch_size = 8",
         "dllm_rl.TrainConfig.prompts_per_micro_batch = 2", "dllm_rl.TrainConfig.checkpoint_every = 2",
         "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.AGRPOConfig.mc_samples = 2",
         "experiment.mesh = @dllm_rl.MeshConfig()"]
@@ -82,7 +84,7 @@ def _leaves(params):
 def test_two_processes_train_like_one_and_resume_in_one(tmp_path):
     ref_rows = _train(tmp_path / "ref", UNSHARDED, devices=1)
     _, ref_params = load_orbax(tmp_path / "ref" / FINAL_MODEL_DIR)
-    assert [r["step"] for r in ref_rows] == [1, 2, 3]
+    assert [r["step"] for r in ref_rows] == [0, 1, 2, 3]  # step 0: the evaluation before training
 
     for name, mesh in (("fsdp", FSDP), ("data", DATA)):
         rows = _train(tmp_path / name, mesh, num_processes=2)

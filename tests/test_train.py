@@ -58,7 +58,7 @@ LAYOUT = textwrap.dedent("""
              "('heads', 'fsdp'), ('kv_heads', 'fsdp'), ('mlp', 'fsdp'), ('vocab', None), ('norm', None), "
              "('lora_rank', None))")
     for extra, q_proj, lora_b, batch in ((rules, P(None, None, "fsdp"), P(None, None, "fsdp"), P("data", None)),
-                                         (None, P(None, "fsdp", "tensor"), P(None, None, "tensor"),
+                                         (None, P(None, "fsdp", "tensor"), P(None, "fsdp", "tensor"),
                                           P(("data", "fsdp"), None))):
         trainer = Trainer(parse_config([DEMO], base + ([extra] if extra else [])), WORKDIR)
         assert trainer.base_params["layers"]["q_proj"].sharding.spec == q_proj

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_rl import paths
 from dllm_rl.models import tpu_attention
 
 Params = dict[str, Any]
@@ -102,13 +103,12 @@ class LLaDAConfig:
         if isinstance(path_or_dict, Mapping):
             raw = dict(path_or_dict)
         else:
-            path = os.fspath(path_or_dict)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            where = path
+            path = paths.absolute(path_or_dict)  # local or gs://
+            if path.is_dir():
+                path = path / "config.json"
+            where = os.fspath(path)
             try:
-                with open(path, encoding="utf-8") as f:
-                    raw = json.load(f)
+                raw = json.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
                 raise ConfigError(f"{path}: no such file; pass the HF model folder holding config.json") from None
             except json.JSONDecodeError as e:

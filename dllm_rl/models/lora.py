@@ -184,11 +184,12 @@ def merge_lora(base: Params, lora: Params, config: LoRAConfig, *, dtype=None) ->
 
 
 def lora_logical_axes(config: LoRAConfig, base_axes: Params) -> Params:
-    """Logical axis names of the adapters, from the base kernels' (`llada.param_logical_axes()`); rank is unsharded."""
+    """Logical axis names of the adapters, from the base kernels' (`llada.param_logical_axes()`): A is
+    (..., kernel input, `lora_rank`), B (..., `lora_rank`, kernel output)."""
     axes: Params = {}
     for path, kernel_axes in _targets(base_axes, config):
         *lead, ax_in, ax_out = kernel_axes
-        _set(axes, path, {"a": (*lead, ax_in, None), "b": (*lead, None, ax_out)})
+        _set(axes, path, {"a": (*lead, ax_in, "lora_rank"), "b": (*lead, "lora_rank", ax_out)})
     return axes
 
 

@@ -30,7 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
-    ("lora_rank", None),
+    ("lora_rank", "fsdp"),  # where 'fsdp' is not taken by the factor's other dimension (see lora_shardings)
 )
 
 
@@ -114,6 +114,34 @@ def param_shardings(mesh: Mesh, config=None, rules=DEFAULT_RULES) -> Any:
     return tree_shardings(mesh, param_logical_axes(), rules)
 
 
+def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_RULES) -> Any:
+    """NamedSharding per LoRA factor (the adapters' tree; `adapter_shapes` holds their shape tuples).
+
+    With the default rules every factor is split over 'fsdp' once: A along its input (`embed`) or, where that is
+    not an fsdp dimension (ff_out's `mlp`), along the rank; B along the rank. A rank the mesh axes do not divide
+    (a small rank on a large mesh) stays whole in that factor: adapters are small, replicating them is cheap.
+    """
+    from dllm_rl.models.llada import param_logical_axes
+    from dllm_rl.models.lora import lora_logical_axes
+
+    whole_rank = tuple((name, None if name == "lora_rank" else target) for name, target in rules)
+
+    def sharding(axes, shape):
+        spec = logical_to_spec(axes, rules, mesh)
+        rank_axes = spec[axes.index("lora_rank")]
+        if rank_axes is not None and shape[axes.index("lora_rank")] % _size(mesh, rank_axes):
+            spec = logical_to_spec(axes, whole_rank, mesh)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(sharding, lora_logical_axes(lora_config, param_logical_axes()), adapter_shapes,
+                        is_leaf=_is_axes)
+
+
+def _size(mesh: Mesh, axes) -> int:
+    """Devices along one mesh axis or a tuple of them."""
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
     """Sharding of a [B, ...] array: batch over the data-parallel axes, the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
@@ -130,7 +158,7 @@ def check_divisible(shapes: Any, shardings: Any, what: str = "parameter") -> Non
         for dim, axes in zip(shape, sharding.spec):
             if axes is None:
                 continue
-            size = math.prod(sharding.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            size = _size(sharding.mesh, axes)
             if dim % size:
                 raise ValueError(f"{what} {jax.tree_util.keystr(path)} dimension {dim} is not divisible by "
                                  f"mesh axes {axes} (size {size}); change MeshConfig.shape or MeshConfig.rules")

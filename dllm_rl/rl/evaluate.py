@@ -5,7 +5,8 @@ longest prompt, or `max_prompt_length`), so every batch has one shape and one pr
 batch is padded by repeating its final row. Every evaluation decodes without recording and with early stop: once a
 block is all EOS the rest is filled with EOS, as the official eval's sampler does, so text after the EOS run is
 never generated or graded. Completions are decoded with special tokens kept (as AGRPO's eval
-does) and graded with `task.score` (and, on request, the strict score and the training reward).
+does) and graded with `task.score` (and, on request, the strict score and the training reward). Multi-host, every
+process samples its share of each batch, then gets all rows and grades them all (the same numbers everywhere).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from dllm_rl.sampling import SamplerConfig, generate
 from dllm_rl.tasks import Score, Task, render_prompts
@@ -50,7 +52,7 @@ def complete(model_config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.
         key = None if rng is None else jax.random.fold_in(rng, start)
         rollout = generate(model_config, params, ids_NxP[rows], sampler, attention_mask=mask_NxP[rows], rng=key,
                            mesh=mesh)
-        tokens_BxL = np.asarray(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
+        tokens_BxL = _all_rows(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
         completions += tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)
     return completions
 
@@ -69,3 +71,9 @@ def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dic
     return [Graded(prompt, text, task.score(text, ex), task.score(text, ex, strict=True) if strict else None,
                    task.reward(text, ex, style=reward_style).total if reward_style else None)
             for prompt, text, ex in zip(prompts, completions, examples)]
+
+
+def _all_rows(x: jax.Array) -> np.ndarray:
+    """Every row of a sampled batch on this host; multi-host, the hosts exchange their rows (a few KiB), so each
+    grades the same completions and process 0's numbers are everyone's."""
+    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))

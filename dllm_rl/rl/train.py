@@ -87,9 +87,9 @@ class Trainer:
 
     def place_lora(self, adapters):
         """LoRA adapters on their shardings (the optimizer state, created from them, follows)."""
-        axes = lora_lib.lora_logical_axes(self.cfg.lora, llada.param_logical_axes())
-        shardings = mesh_lib.tree_shardings(self.mesh, axes, self.rules)
-        _as_train_error(mesh_lib.check_divisible, jax.tree.map(lambda x: x.shape, adapters), shardings, "LoRA adapter")
+        shapes = jax.tree.map(lambda x: x.shape, adapters)
+        shardings = mesh_lib.lora_shardings(self.mesh, self.cfg.lora, shapes, self.rules)
+        _as_train_error(mesh_lib.check_divisible, shapes, shardings, "LoRA adapter")
         return jax.device_put(adapters, shardings)
 
     def place_batch(self, x):
@@ -106,9 +106,6 @@ class Trainer:
             sizes["SFT batch"] = tc.sft_batch_size
         for what, rows in sizes.items():
             _as_train_error(mesh_lib.check_divisible, (rows,), mesh_lib.batch_sharding(self.mesh, 1, self.rules), what)
-        if jax.process_count() > 1 and tc.eval_every:
-            raise TrainError("in-training evaluation reads whole rollouts on one host and does not run multi-host yet; "
-                             "set TrainConfig.eval_every = 0 and evaluate final_model with experiments.eval")
 
     def _check_tokenizer(self) -> None:
         tok, cfg = self.tokenizer, self.model_config

@@ -127,12 +127,23 @@ def validate_inputs(config, sampler: SamplerConfig, prompt_ids, attention_mask=N
     if attention_mask is not None and tuple(np.shape(attention_mask)) != (b, p):
         raise SamplerInputError(f"attention_mask shape {np.shape(attention_mask)} != prompt shape {(b, p)}")
     if not sampler.infill and not isinstance(prompt_ids, jax.core.Tracer):
-        has_mask = np.asarray(prompt_ids) == config.mask_token_id
-        if has_mask.any():
-            rows = sorted(set(np.nonzero(has_mask)[0].tolist()))
+        rows = _rows_holding(prompt_ids, config.mask_token_id)
+        if rows:
             raise SamplerInputError(
                 f"prompt rows {rows} contain the mask token {config.mask_token_id}; pass infill=True to let "
                 "those positions be generated (they then compete in every step, as in the reference)")
+
+
+def _rows_holding(ids_BxP, token: int) -> list[int]:
+    """Rows of the prompt holding `token`; of a global multi-host array, the rows this process can read (each
+    process checks its own)."""
+    if isinstance(ids_BxP, jax.Array) and not ids_BxP.is_fully_addressable:
+        rows: set[int] = set()
+        for shard in ids_BxP.addressable_shards:
+            first = shard.index[0].indices(ids_BxP.shape[0])[0]
+            rows.update(first + int(r) for r in np.nonzero(np.asarray(shard.data) == token)[0])
+        return sorted(rows)
+    return sorted(set(np.nonzero(np.asarray(ids_BxP) == token)[0].tolist()))
 
 
 def transfer_schedule(num_masked_B: jax.Array, steps: int) -> jax.Array:
