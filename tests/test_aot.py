@@ -50,8 +50,21 @@ def test_optimizer_state_takes_the_trainable_shardings():
     want = jax.tree.map(lambda x: x.sharding, setup.trainable)
     assert jax.tree.map(lambda x: x.sharding, adam.mu) == want == jax.tree.map(lambda x: x.sharding, adam.nu)
     assert adam.count.sharding == mesh_lib.replicated(mesh)
-    # full fine-tuning: while the loss runs, the optimizer state stays resident besides its arguments
-    assert aot.resident_bytes(setup, "loss") == aot.sharded_bytes(opt_state) > 0
+    # full fine-tuning: while the loss runs, the optimizer state and the running gradient sum of the earlier
+    # micro-batches stay resident besides its arguments; during the eval, the optimizer state only
+    grad_sum = aot.sharded_bytes(setup.trainable) if cfg.train.grad_accum > 1 else 0
+    assert aot.resident_bytes(setup, "loss") == aot.sharded_bytes(opt_state) + grad_sum
+    assert aot.resident_bytes(setup, "eval") == aot.sharded_bytes(opt_state) > 0
+
+
+def test_a_batch_the_mesh_cannot_split_is_a_setup_error():
+    _need_libtpu()
+    from dllm_rl.rl.config import TrainError
+
+    with pytest.raises(TrainError, match=r"rollout batch .*dimension 4 is not divisible"):
+        aot.main(["--topology", "v5e:2x4", "--gin", "experiments/configs/demo.gin", "--mesh", "data=1,fsdp=8,tensor=1",
+                  "--gin_binding", "dllm_rl.TrainConfig.prompts_per_micro_batch=1",
+                  "--gin_binding", "dllm_rl.AGRPOConfig.num_generations=4"])
 
 
 def test_demo_config_compiles_for_a_tpu_topology(capsys):

@@ -115,6 +115,22 @@ def test_token_loss_gradient_matches_numpy():
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
 
 
+def test_group_average_is_the_mean_of_each_groups_own_loss():
+    """loss_average='group': the mean over groups of each group's token-mean loss, i.e. d1's update with one group
+    per device whatever the micro-batch holds; one group alone gives the micro-batch loss."""
+    r = np.random.default_rng(7)
+    lp, old, ref = (jnp.asarray(-r.random((6, 5)) * 2, jnp.float32) for _ in range(3))
+    adv, mask = jnp.asarray(r.normal(size=6), jnp.float32), jnp.asarray(r.random((6, 5)) > 0.4)
+    mask = mask.at[0].set(True).at[5, 1:].set(False)  # groups with different numbers of scored tokens
+    loss = lambda *rows, g=None: dg.grpo_token_loss(*rows, 0.2, 0.04, g)[0]  # noqa: E731
+    grouped = float(loss(lp, old, ref, adv, mask, g=2))
+    per_group = [float(loss(lp[i:i + 2], old[i:i + 2], ref[i:i + 2], adv[i:i + 2], mask[i:i + 2]))
+                 for i in (0, 2, 4)]
+    np.testing.assert_allclose(grouped, np.mean(per_group), rtol=1e-6)
+    assert abs(grouped - float(loss(lp, old, ref, adv, mask))) > 1e-4  # not the micro-batch token mean
+    np.testing.assert_allclose(float(loss(lp[:2], old[:2], ref[:2], adv[:2], mask[:2], g=2)), per_group[0], rtol=1e-6)
+
+
 def test_first_iteration_is_on_policy_and_grads_reach_lora(tiny):
     model_config, params = tiny
     batch = make_batch(1)
@@ -137,6 +153,8 @@ def test_config_errors():
         dg.DiffuGRPOConfig(p_mask_prompt=1.5)
     with pytest.raises(ValueError, match="epsilon"):
         dg.DiffuGRPOConfig(epsilon=1.0)
+    with pytest.raises(ValueError, match="loss_average"):
+        dg.DiffuGRPOConfig(loss_average="token")
     with pytest.raises(ValueError, match="ref_logp"):
         dg.grpo_token_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), None, jnp.ones(1), jnp.ones((1, 2)), 0.2, 0.04)
 
@@ -270,6 +288,8 @@ def test_d1_configs_reproduce_d1s_run():
         assert lora_module_names(lora, llada_8b) == peft_adapted(d1_list, index_module_names())
         assert (lora.dropout, train.weight_decay, train.max_grad_norm, train.learning_rate) == (0.05, 0.1, 0.2, 3e-6)
         assert d1.prompt_keep_last == train.max_prompt_length == 200 and d1.d1_accumulation_steps == 2
+        # d1's 16 groups per update, one per device and accumulation step: 4 x 4 groups, each averaged on its own
+        assert (train.prompts_per_micro_batch * train.grad_accum, d1.loss_average) == (16, "group")
         assert (d1.epsilon, d1.beta, d1.p_mask_prompt, d1.num_generations) == (0.5, 0.04, 0.15, 6)
         assert d1.num_iterations == (8 if task == "sudoku" else 12)
         assert (cfg.rollout.gen_length, cfg.rollout.block_length, cfg.rollout.steps) == (256, 32, 128)

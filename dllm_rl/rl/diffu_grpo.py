@@ -37,6 +37,10 @@ class DiffuGRPOConfig(ForwardConfig):
     Two trainer settings reproduce d1's run and are off by default: `prompt_keep_last` keeps each prompt's last
     N tokens (TRL's left truncation at `max_prompt_length`, which cuts the start of longer prompts);
     `d1_accumulation_steps` = A picks the inner iterations' masks as d1's step counter does (`mask_index`).
+
+    `loss_average`: "micro_batch" averages the loss over every scored token of the micro-batch (d1's
+    `compute_loss` on its per-device batch); "group" averages each group's token mean over the groups, which is
+    d1's update (one group per device, DDP-averaged) whatever the number of groups in a micro-batch.
     """
 
     p_mask_prompt: float = 0.15
@@ -46,8 +50,11 @@ class DiffuGRPOConfig(ForwardConfig):
     num_generations: int = 6
     prompt_keep_last: int | None = None
     d1_accumulation_steps: int | None = None
+    loss_average: str = "micro_batch"
 
     def __post_init__(self):
+        if self.loss_average not in ("micro_batch", "group"):
+            raise ValueError(f"DiffuGRPOConfig.loss_average={self.loss_average!r}; choose 'micro_batch' or 'group'")
         if not 0.0 <= self.p_mask_prompt <= 1.0:
             raise ValueError(f"DiffuGRPOConfig.p_mask_prompt must be in [0, 1], got {self.p_mask_prompt}")
         if self.num_iterations < 1 or self.num_generations < 1:
@@ -136,10 +143,11 @@ def completion_logps(model_config: llada.LLaDAConfig, params: Params, batch: Dif
 
 
 def grpo_token_loss(logp_BxL: jax.Array, old_logp_BxL: jax.Array, ref_logp_BxL: jax.Array | None,
-                    advantages_B: jax.Array, mask_BxL: jax.Array, epsilon: float, beta: float
-                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask (mask: bool [B, L]), and
-    metrics (masked means over the scored tokens).
+                    advantages_B: jax.Array, mask_BxL: jax.Array, epsilon: float, beta: float,
+                    group_size: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """d1's loss from token log-probs: Σ mask·(−min(ρA, clip(ρ, 1±ε)A) + β·k3) / Σ mask (mask: bool [B, L]), or
+    with `group_size` G that token mean per group of G consecutive rows, averaged over the groups; and metrics
+    (masked means over the scored tokens).
 
     `clip_fraction`: tokens whose clipped term is the smaller one (their gradient is clipped). `clip_ratio`: d1's
     logged metric, the tokens with ρA < clip(ρ, 1±ε)A, i.e. ρ outside the range where the unclipped term wins;
@@ -158,7 +166,12 @@ def grpo_token_loss(logp_BxL: jax.Array, old_logp_BxL: jax.Array, ref_logp_BxL: 
                "ratio_mean": masked_mean(ratio_BxL, mask_BxL)}
     if kl_BxL is not None:
         metrics["kl"] = masked_mean(kl_BxL, mask_BxL)
-    return masked_mean(per_token_BxL, mask_BxL), metrics
+    if group_size is None:
+        return masked_mean(per_token_BxL, mask_BxL), metrics
+    b, length = per_token_BxL.shape
+    per_token_NxGL = per_token_BxL.reshape(b // group_size, group_size * length)
+    mask_NxGL = mask_BxL.reshape(b // group_size, group_size * length)
+    return jax.vmap(masked_mean)(per_token_NxGL, mask_NxGL).mean(), metrics
 
 
 def diffu_grpo_loss(trainable: Params, frozen: Params | None, batch: DiffuGRPOBatch, rng: jax.Array | None,
@@ -178,7 +191,8 @@ def diffu_grpo_loss(trainable: Params, frozen: Params | None, batch: DiffuGRPOBa
     logp_BxL = completion_logps(model_config, params, batch, rng, config, draws)
     old_BxL = jax.lax.stop_gradient(logp_BxL) if old_logp_BxL is None else old_logp_BxL.astype(jnp.float32)
     return grpo_token_loss(logp_BxL, old_BxL, ref_logp_BxL, batch.advantages, batch.completion_mask,
-                           config.epsilon, config.beta)
+                           config.epsilon, config.beta,
+                           config.num_generations if config.loss_average == "group" else None)
 
 
 def diffu_grpo_grad(trainable: Params, frozen: Params | None, batch: DiffuGRPOBatch, rng: jax.Array | None,

@@ -76,4 +76,6 @@ def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dic
 def _all_rows(x: jax.Array) -> np.ndarray:
     """Every row of a sampled batch on this host; multi-host, the hosts exchange their rows (a few KiB), so each
     grades the same completions and process 0's numbers are everyone's."""
-    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
