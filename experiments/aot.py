@@ -184,7 +184,8 @@ def lower_loss(setup: Setup):
         batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion, arr((b, length), bool), advantages)
         old = arr((b, length), jnp.float32) if cfg.diffu_grpo.num_iterations > 1 else None
         ref = arr((b, length), jnp.float32) if cfg.diffu_grpo.beta else None
-        return steps.diffu_grads.lower(setup.trainable, setup.frozen, batch, abstract_key(mesh), old, ref, **static)
+        return steps.diffu_grads_program(setup.trainable, **static).lower(setup.trainable, setup.frozen, batch,
+                                                                        abstract_key(mesh), old, ref, None)
     keep = None
     if cfg.rollout.top_k or cfg.rollout.top_p < 1.0:
         keep = TruncationRecord(bits=arr((b, length, -(-mc.embedding_size // 8)), jnp.uint8),
@@ -193,7 +194,8 @@ def lower_loss(setup: Setup):
                              unmask_step=arr((b, length), jnp.int32), old_logp=arr((b, length), jnp.float32),
                              entropy=arr((b, length), jnp.float32), advantages=advantages, keep=keep)
     ref = setup.base if cfg.agrpo.beta else None
-    return steps.agrpo_grads.lower(setup.trainable, setup.frozen, ref, batch, abstract_key(mesh), **static)
+    return steps.agrpo_grads_program(setup.trainable, **static).lower(setup.trainable, setup.frozen, ref, batch,
+                                                                     abstract_key(mesh))
 
 
 def abstract_opt_state(setup: Setup):

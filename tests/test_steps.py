@@ -1,5 +1,6 @@
 """The jitted steps' layout: on 8 fake CPU devices the optimizer and SFT updates return params and state in the
-shardings they came in (one compiled program for every step) and equal the same update on one device."""
+shardings they came in (one compiled program for every step) and equal the same update on one device; gradients
+come back in the trainable params' layout."""
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ LAYOUT = textwrap.dedent("""
     from dllm_rl.parallel import mesh as pm
     from dllm_rl.rl import steps
 
-    config, params = load_hf("tests/fixtures/llada_tiny")
+    model_config, params = load_hf("tests/fixtures/llada_tiny")
     tx = optax.adamw(1e-2, weight_decay=0.1)
     grads = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size, dtype=x.dtype)).reshape(x.shape), params)
     reference = jax.tree.map(jnp.copy, params)  # apply_update donates its params
@@ -50,8 +51,24 @@ LAYOUT = textwrap.dedent("""
         sft_layout = jax.tree.map(lambda x: x.sharding, (sft_params, sft_state))
         for i in range(2):
             sft_params, sft_state, loss = steps.sft_update(sft_params, sft_state, ids, jnp.ones_like(ids), ids,
-                                                           jax.random.key(i), model_config=config, tx=sft_tx)
+                                                           jax.random.key(i), model_config=model_config, tx=sft_tx)
             assert jax.tree.map(lambda x: x.sharding, (sft_params, sft_state)) == sft_layout, shape
+
+    # Gradients come back in the trainable params' layout (LoRA factors split over fsdp), whatever XLA prefers.
+    from dllm_rl.models.lora import LoRAConfig, init_lora
+    from dllm_rl.rl import diffu_grpo
+    mesh = pm.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    lora_config = LoRAConfig(rank=8, alpha=8.0)
+    adapters = init_lora(params, lora_config, jax.random.key(0))
+    adapters = jax.device_put(adapters, pm.lora_shardings(mesh, lora_config, jax.tree.map(lambda x: x.shape, adapters)))
+    base = jax.device_put(params, pm.param_shardings(mesh))
+    rows = lambda x: jax.device_put(x, pm.batch_sharding(mesh, x.ndim))
+    batch = diffu_grpo.DiffuGRPOBatch(rows(jnp.full((8, 4), 3, jnp.int32)), None, rows(jnp.full((8, 6), 5, jnp.int32)),
+                                      rows(jnp.ones((8, 6), bool)), rows(jnp.linspace(-1.0, 1.0, 8)))
+    diffu_config = diffu_grpo.DiffuGRPOConfig(num_generations=2, beta=0.0)
+    _, grads, _ = steps.diffu_grads(adapters, base, batch, jax.random.key(1), None, None, model_config=model_config,
+                                    config=diffu_config, lora_config=lora_config)
+    assert jax.tree.map(lambda x: x.sharding, grads) == jax.tree.map(lambda x: x.sharding, adapters)
     print("LAYOUT_OK")
 """)
 

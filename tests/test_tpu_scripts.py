@@ -141,7 +141,7 @@ def test_setup_copies_this_checkout_and_installs_on_every_worker(env, tmp_path):
     words = ssh_command(install, "all")
     assert words[:3] == ["cd", "dllm_rl", "&&"]
     assert contains(words, ["uv", "venv", "--quiet", "--allow-existing", "--python", "3.12", ".venv"])
-    assert contains(words, ["--python", ".venv/bin/python", "-e", ".", setup_py_jax_requirement()])
+    assert contains(words, ["--python", ".venv/bin/python", "-e", ".[gcs]", setup_py_jax_requirement()])
     assert "jax.distributed.initialize()" in " ".join(ssh_command(check, "all"))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs dllm_rl on every worker: the source (git clone of --repo-url, else this checkout's HEAD as a
 # tarball over scp), a Python 3.12 virtual environment made with uv (TPU VM images ship Python 3.10; the
-# package needs 3.11+), `pip install -e .` plus jax[tpu] in the range setup.py pins, then a multi-host check
+# package needs 3.11+), `pip install -e ".[gcs]"` (gcsfs, for gs:// paths) plus jax[tpu] in the range setup.py pins, then a multi-host check
 # printing, per worker: process index, process count, local devices, global devices, device kind.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
@@ -41,7 +41,7 @@ main() {
   local jax_spec=${JAX_SPEC:-$(jax_tpu_spec)}
   local check="import jax; jax.distributed.initialize(); print(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)"
   fetch_source
-  tpu_ssh all "$(in_repo "$(q python3 -m pip install --quiet --user --upgrade uv) && $(q python3 -m uv venv --quiet --allow-existing --python "$PYTHON_VERSION" .venv) && $(q python3 -m uv pip install --quiet --python "$REMOTE_PYTHON" -e . "$jax_spec")")"
+  tpu_ssh all "$(in_repo "$(q python3 -m pip install --quiet --user --upgrade uv) && $(q python3 -m uv venv --quiet --allow-existing --python "$PYTHON_VERSION" .venv) && $(q python3 -m uv pip install --quiet --python "$REMOTE_PYTHON" -e ".[gcs]" "$jax_spec")")"
   tpu_ssh all "$(in_repo "$(q "$REMOTE_PYTHON" -c "$check")")"
 }
 

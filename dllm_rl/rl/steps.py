@@ -18,13 +18,24 @@ from dllm_rl.rl import agrpo, diffu_grpo, sft
 from dllm_rl.sampling import expand
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
-def agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, config, lora_config):
-    """(loss, grads, metrics) of one AGRPO micro-batch; K timesteps per sequence are drawn from `rng`."""
+def _agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, config, lora_config):
     u_BxK = agrpo.draw_uniforms(rng, batch.completion_ids.shape[0], config.mc_samples, config.low_discrepancy)
     steps_BxK, weights_BxK = agrpo.timesteps(u_BxK, batch, config, model_config.eos_token_id)
     return agrpo.agrpo_grad(trainable, frozen, ref_params, batch, steps_BxK, weights_BxK,
                             model_config=model_config, config=config, lora_config=lora_config, keep_fn=expand)
+
+
+def agrpo_grads_program(trainable, *, model_config, config, lora_config):
+    """The jitted AGRPO micro-batch gradients for trainable params laid out as `trainable`; `agrpo_grads` runs it."""
+    return layout_keeping(_agrpo_grads, (trainable,), (None, 0, None), model_config=model_config, config=config,
+                          lora_config=lora_config)
+
+
+def agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, config, lora_config):
+    """(loss, grads, metrics) of one AGRPO micro-batch, the grads in the trainable params' layout; K timesteps
+    per sequence are drawn from `rng`."""
+    program = agrpo_grads_program(trainable, model_config=model_config, config=config, lora_config=lora_config)
+    return program(trainable, frozen, ref_params, batch, rng)
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
@@ -34,12 +45,24 @@ def diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_con
     return diffu_grpo.completion_logps(model_config, params, batch, rng, config)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
-def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=None, *, model_config, config,
-                lora_config):
-    """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration (LoRA dropout from `dropout_rng`)."""
+def _diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng, *, model_config, config,
+                 lora_config):
     return diffu_grpo.diffu_grpo_grad(trainable, frozen, batch, rng, old_logp, ref_logp, model_config=model_config,
                                       config=config, lora_config=lora_config, dropout_rng=dropout_rng)
+
+
+def diffu_grads_program(trainable, *, model_config, config, lora_config):
+    """The jitted diffu-GRPO gradients for trainable params laid out as `trainable`; `diffu_grads` runs it."""
+    return layout_keeping(_diffu_grads, (trainable,), (None, 0, None), model_config=model_config, config=config,
+                          lora_config=lora_config)
+
+
+def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=None, *, model_config, config,
+                lora_config):
+    """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration (LoRA dropout from `dropout_rng`),
+    the grads in the trainable params' layout."""
+    program = diffu_grads_program(trainable, model_config=model_config, config=config, lora_config=lora_config)
+    return program(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng)
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -70,7 +93,7 @@ def _sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, 
 def update_program(tx, trainable, opt_state):
     """The jitted optimizer update for params and state laid out as `trainable` and `opt_state` (arrays or
     abstract arrays with shardings); `apply_update` runs it."""
-    return layout_keeping(_apply_update, trainable, opt_state, tx=tx)
+    return layout_keeping(_apply_update, (trainable, opt_state), (0, 1, None), donate=(0, 1), tx=tx)
 
 
 def apply_update(trainable, opt_state, grads, *, tx):
@@ -82,29 +105,25 @@ def apply_update(trainable, opt_state, grads, *, tx):
 def sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, model_config, tx):
     """One masked-diffusion SFT update of all params, donating params and state; returns (params, opt_state,
     loss), the first two in the layout they came in."""
-    program = layout_keeping(_sft_update, params, opt_state, model_config=model_config, tx=tx)
+    program = layout_keeping(_sft_update, (params, opt_state), (0, 1, None), donate=(0, 1),
+                             model_config=model_config, tx=tx)
     return program(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng)
 
 
-def layout_keeping(update, params, opt_state, **static):
-    """`update(params, opt_state, ...) -> (params, opt_state, scalar)` jitted with params and state donated and
-    returned in the shardings they came in. Left free, XLA re-lays out some outputs (FSDP: the norm weights become
-    sharded), and the next step, seeing new input shardings, compiles the program again."""
-    leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, (params, opt_state)))
-    return _layout_kept(update, tuple(sorted(static.items())), treedef, tuple(leaves))
+def layout_keeping(fn, layout: tuple, outputs: tuple, donate: tuple = (), **static):
+    """`fn` jitted with its `static` keyword arguments and `donate`d positional arguments, returning each output
+    `i` in the shardings of the tree `layout[outputs[i]]` (arrays or abstract arrays), or replicated where
+    `outputs[i]` is None (scalars and metric dicts). Left free, XLA picks other layouts for some outputs (FSDP:
+    sharded norm weights after an update; replicated gradients past a shard_map), so the next step, seeing new
+    input shardings, compiles again or holds whole copies."""
+    leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, layout))
+    return _layout_kept(fn, tuple(sorted(static.items())), outputs, donate, treedef, tuple(leaves))
 
 
-@functools.lru_cache(maxsize=16)
-def _layout_kept(update, static_items, treedef, shardings):
-    params_sharding, opt_sharding = jax.tree.unflatten(treedef, shardings)
+@functools.lru_cache(maxsize=32)
+def _layout_kept(fn, static_items, outputs, donate, treedef, shardings):
+    trees = jax.tree.unflatten(treedef, shardings)
     first = shardings[0]
     scalar = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
-    return jax.jit(functools.partial(update, **dict(static_items)), donate_argnums=(0, 1),
-                   out_shardings=(params_sharding, opt_sharding, scalar))
-
-
-def sampling_params(trainable, frozen, lora_config):
-    """The policy params the sampler runs: exactly the loss's (`lora.policy_params`), so sampling and training
-    log-probs of the same tokens agree. With LoRA every adapted kernel is a `LoRAWeight` evaluated as
-    x @ W + s·(x @ A) @ B; a merged bf16 kernel would round small updates away and sample a lagging policy."""
-    return lora_lib.policy_params(trainable, frozen, lora_config)
+    out_shardings = tuple(scalar if i is None else trees[i] for i in outputs)
+    return jax.jit(functools.partial(fn, **dict(static_items)), donate_argnums=donate, out_shardings=out_shardings)
