@@ -127,3 +127,10 @@ def _layout_kept(fn, static_items, outputs, donate, treedef, shardings):
     scalar = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
     out_shardings = tuple(scalar if i is None else trees[i] for i in outputs)
     return jax.jit(functools.partial(fn, **dict(static_items)), donate_argnums=donate, out_shardings=out_shardings)
+
+
+def sampling_params(trainable, frozen, lora_config):
+    """The policy params the sampler runs: exactly the loss's (`lora.policy_params`), so sampling and training
+    log-probs of the same tokens agree. With LoRA every adapted kernel is a `LoRAWeight` evaluated as
+    x @ W + s·(x @ A) @ B; a merged bf16 kernel would round small updates away and sample a lagging policy."""
+    return lora_lib.policy_params(trainable, frozen, lora_config)
