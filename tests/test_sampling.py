@@ -328,6 +328,26 @@ def test_infill_prompt_masks(tiny):
     assert not (np.asarray(r.tokens)[:, :8] == config.mask_token_id).all()
 
 
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_sampled_infill_scores_stragglers_window_by_window_as_the_reference(remasking, tiny):
+    """Infill prompts keep positions left of the block open: each such step scores every position, computed a
+    block-length window of logits at a time (T = 23: windows at 0, 8 and 15, overlapping). With replayed noise
+    every step equals LLaDA's full-sequence step."""
+    config, params = tiny
+    rng = np.random.default_rng(11)
+    prompt = rng.integers(0, 150, (2, 7))
+    prompt[0, [1, 4]] = config.mask_token_id
+    prompt[1, 6] = config.mask_token_id
+    steps, gen, bl, t = 8, 16, 8, 23
+    draws = {"gumbel": rng.random((steps, 2, t, config.embedding_size)), "score": rng.random((steps, 2, t))}
+    want = llada_reference(logits_fn(config, params), prompt, steps=steps, gen_length=gen, block_length=bl,
+                           mask_id=config.mask_token_id, temperature=0.8, remasking=remasking,
+                           gumbel_u=draws["gumbel"], score_u=draws["score"].astype(np.float32))
+    r = generate(config, params, prompt, steps=steps, gen_length=gen, block_length=bl, temperature=0.8,
+                 remasking=remasking, draws=draws, infill=True)
+    np.testing.assert_array_equal(r.tokens, want[-1])
+
+
 AGRPO_CASES = [  # prompt len, gen, block, steps, temperature, remasking, top_k, top_p, favour EOS
     (3, 20, 5, 20, 0.9, "random", 12, 0.9, False),      # prompt shorter than a block; 1 token per step
     (6, 24, 8, 12, 0.6, "low_confidence", 30, 1.0, False),

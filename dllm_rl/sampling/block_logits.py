@@ -71,6 +71,19 @@ def exact_logits(model: Model, x_BxT: jax.Array, start, n: int) -> jax.Array:
                                                  **model.kwargs))
 
 
+def exact_hidden(model: Model, x_BxT: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] of a full-sequence forward (with cfg_scale > 0: 2B rows), for
+    `logits_from_hidden` to read a window at a time."""
+    ids_BxT, am_BxT = model_inputs(model, x_BxT)
+    return llada.hidden_states(model.config, model.params, ids_BxT, am_BxT, **model.kwargs)
+
+
+def logits_from_hidden(model: Model, h_BxTxD: jax.Array, start, n: int) -> jax.Array:
+    """float32 logits [B, n, V] at positions start..start+n-1 of `exact_hidden`'s states."""
+    window_BxNxD = jax.lax.dynamic_slice_in_dim(h_BxTxD, start, n, axis=1)
+    return guide(model.sampler, llada.lm_head(model.params, window_BxNxD))
+
+
 def block_cache(model: Model, x_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Fast mode, at a block start: every layer's keys/values [Ly, B, T, Hk, Hd] of every position, from one
     full forward (not a prefix-only pass: prefix K/V depend on the tokens right of them, and the suffix K/V are

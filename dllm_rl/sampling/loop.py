@@ -94,6 +94,44 @@ def exact_denoise(run: Run, s: State, start, n: int, block_end, count_B) -> Stat
     return denoise(run, s, block_logits.exact_logits(run.model, s.x_BxT, start, n), start, block_end, count_B)
 
 
+def straggler_denoise(run: Run, s: State, block_end, count_B) -> State:
+    """`denoise` over every position (a straggler step; never recorded), with the logits of one block-length
+    window at a time: proposals and scores of all T positions are gathered window by window, then one selection
+    commits, as a step on full-sequence logits would, but only a [B, bl, V] slice of logits is ever live.
+
+    Replayed draws and the scores' uniforms are read per position as in `denoise`; Gumbel noise from a key is
+    drawn per window (key folded with the window index)."""
+    sampler = run.sampler
+    b, t = s.x_BxT.shape
+    n = min(sampler.block_length, t)
+    vocab = run.model.config.embedding_size
+    gumbel_source, uniform_BxT = step_draws(sampler, run.rng, run.draws, s.step, 0, b, t, vocab)
+    h_BxTxD = block_logits.exact_hidden(run.model, s.x_BxT)
+    keyed = gumbel_source is not None and jax.dtypes.issubdtype(gumbel_source.dtype, jax.dtypes.prng_key)
+
+    def window(carry, w):
+        x0_BxT, score_BxT = carry
+        start = jnp.minimum(w * n, t - n)  # the last window ends at T (it may overlap the one before)
+        logits_BxNxV = block_logits.logits_from_hidden(run.model, h_BxTxD, start, n)
+        if keyed:
+            source = jax.random.fold_in(gumbel_source, w)
+        elif gumbel_source is not None:
+            source = jax.lax.dynamic_slice_in_dim(gumbel_source, start, n, axis=1)
+        else:
+            source = None
+        prop = propose(logits_BxNxV, sampler, source, scoring.needs_stats(sampler))
+        uniform_BxN = None if uniform_BxT is None else jax.lax.dynamic_slice_in_dim(uniform_BxT, start, n, axis=1)
+        score_BxN = scoring.position_scores(sampler, logits_BxNxV, prop, uniform_BxN)
+        return (jax.lax.dynamic_update_slice_in_dim(x0_BxT, prop.x0_BxN, start, axis=1),
+                jax.lax.dynamic_update_slice_in_dim(score_BxT, score_BxN.astype(jnp.float32), start, axis=1)), None
+
+    init = (jnp.zeros((b, t), jnp.int32), jnp.zeros((b, t), jnp.float32))
+    (x0_BxT, score_BxT), _ = jax.lax.scan(window, init, jnp.arange(-(-t // n)))
+    cand_BxT = is_open(run, s) & (jnp.arange(t) < block_end)[None]
+    sel_BxT = scoring.select(cand_BxT, score_BxT, count_B, sampler.parallel_threshold)
+    return commit(run, s, Proposal(x0_BxT, None, None, None), sel_BxT, 0)
+
+
 def begin_block(run: Run, s: State, block, at_boundary) -> State:
     """At a block start: early-stop rows whose previous block is all EOS (they get EOS everywhere right of it,
     unmask step = this step); count the block's open positions."""
@@ -129,8 +167,7 @@ def exact_body(run: Run, s: State) -> State:
     if sampler.record:
         s = block_step(s=s)
     else:
-        everywhere = functools.partial(exact_denoise, run, start=0, n=s.x_BxT.shape[1], block_end=block_end,
-                                       count_B=count_B)
+        everywhere = functools.partial(straggler_denoise, run, block_end=block_end, count_B=count_B)
         s = jax.lax.cond(straggler(run, s, start), lambda s: everywhere(s=s), lambda s: block_step(s=s), s)
     s = s._replace(step=s.step + 1)
     at_boundary = (s.step % spb == 0) & (s.step < sampler.steps)
@@ -156,7 +193,7 @@ def fast_body(run: Run, s: State) -> State:
         return denoise(run, s, logits_BxNxV, start, block_end, count_B)
 
     def everywhere(s: State) -> State:
-        return exact_denoise(run, s, 0, s.x_BxT.shape[1], block_end, count_B)
+        return straggler_denoise(run, s, block_end, count_B)
 
     s = jax.lax.cond(straggler(run, s, start), everywhere, window_step, s)
     s = s._replace(step=s.step + 1, block_step=s.block_step + 1)
