@@ -3,7 +3,8 @@ the SFT update, and the sampler's view of the policy params (the unmerged LoRA p
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state and return them in the
-layout they came in (`layout_keeping`), so one program serves every step.
+layout they came in, and the gradients come back in the trainable params' layout (`layout_keeping`), so one
+program serves every step and no step holds whole copies of sharded state.
 """
 from __future__ import annotations
 
