@@ -1,7 +1,7 @@
 """RL training loop: rollout → reward → advantage → K-timestep loss → update, with exact resume.
 
 The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
-produces the AGRPO rollout, `tasks` score it, `rl.advantages` centres rewards per group, `rl.steps` gives
+produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group, `rl.steps` gives
 gradients (AGRPO or diffu-GRPO) and updates the trainable leaves (LoRA adapters or all params). Everything random
 derives from `TrainConfig.seed` folded with the step number, and the data iterator's state is checkpointed with
 the params and optimizer state (`rl.train_state`), so a run killed at any point and restarted from its workdir
@@ -36,7 +36,7 @@ from dllm_rl.checkpoint import copy_side_files, save_orbax
 from dllm_rl.export import export_peft
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib, multihost
-from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, steps, train_state
+from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, rewards, steps, train_state
 from dllm_rl.rl.config import ExperimentConfig, TrainError
 from dllm_rl.rl.optimizer import make_optimizer, make_sft_optimizer
 from dllm_rl.sampling import generate
@@ -190,24 +190,17 @@ class Trainer:
         completion = multihost.host_rows(rollout.tokens, sharding)[:, ids.shape[1]:]
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(completion)  # this process's rows only
-        breakdowns = [self.task.reward(t, examples[r // self.group], style=self.train_cfg.reward_style)
-                      for t, r in zip(texts, range(rows.start, rows.stop))]
+        breakdowns = rewards.score_rows(self.task, texts, examples, rows.start, self.group,
+                                        self.train_cfg.reward_style)
         entropy = None if rollout.entropy is None else multihost.host_rows(rollout.entropy, sharding)
         names = list(breakdowns[0].components)
-        table = multihost.gather_rows(_reward_table(breakdowns, names, completion, entropy,
-                                                    self.model_config.eos_token_id), rows, ids.shape[0])
-        advantages, stats = adv_lib.group_advantages(jnp.asarray(table[:, 0].astype(np.float32)), self.group,
-                                                     self.train_cfg.scale_rewards_by_std)
-        info = {k: float(v) for k, v in stats.items()}
-        for i, name in enumerate(names):
-            info[f"reward/{name}"] = float(np.mean(table[:, 1 + i]))
-        info["reward/timeouts"] = float(table[:, 1 + len(names)].sum())
-        info["completion_length"] = float(table[:, -2].mean())
-        if entropy is not None:
-            info["entropy"] = float(table[:, -1].sum() / max(table[:, -2].sum(), 1))
+        table = multihost.gather_rows(rewards.reward_table(breakdowns, names, completion, entropy,
+                                                           self.model_config.eos_token_id), rows, ids.shape[0])
+        advantages, info = rewards.batch_summary(table, names, self.group, self.train_cfg.scale_rewards_by_std,
+                                                 has_entropy=entropy is not None)
         info["rollout_seconds"] = seconds
         info["generated_tokens"] = float(ids.shape[0] * completion.shape[1])
-        return ids, mask, rollout, self.place_batch(np.asarray(advantages)), info
+        return ids, mask, rollout, self.place_batch(advantages), info
 
     def _agrpo_micro(self, trainable, frozen, examples, key):
         roll_key, loss_key = jax.random.split(key)
@@ -428,16 +421,6 @@ def _add(grad_sum, grads):
     """Running micro-batch gradient sum: the first micro-batch's tree is the buffer, later ones are added into it
     (`steps.accumulate` donates it), so peak memory does not grow with grad_accum."""
     return grads if grad_sum is None else steps.accumulate(grad_sum, grads)
-
-
-def _reward_table(breakdowns, names, completion, entropy, eos_id) -> np.ndarray:
-    """Per-row [total reward, each named component, timed out (0/1), completion length, summed entropy]
-    (float64), the small host data gathered across processes to compute advantages and metrics over the whole
-    batch."""
-    non_eos = completion != eos_id
-    ent = np.zeros(len(completion)) if entropy is None else (entropy * non_eos).sum(1)
-    return np.asarray([[b.total, *(b.components[n] for n in names), b.timed_out, n_tok, e]
-                       for b, n_tok, e in zip(breakdowns, non_eos.sum(1), ent)], np.float64)
 
 
 def _as_train_error(check, *args) -> None:
