@@ -277,7 +277,8 @@ def parse_args(argv=None):
     p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x4")
     p.add_argument("--gin", action="append", required=True, help="gin config file (repeatable)")
     p.add_argument("--gin_binding", action="append", default=[], help="extra binding, e.g. 'experiment.lora=None'")
-    p.add_argument("--mesh", type=mesh_flag, default=None, help="override MeshConfig.shape, e.g. data=1,fsdp=8,tensor=1")
+    p.add_argument("--mesh", type=mesh_flag, default=None,
+                   help="override MeshConfig.shape, e.g. data=1,fsdp=8,tensor=1")
     p.add_argument("--model_config", default=str(LLADA_8B_META_DIR / "config.json"),
                    help="model config.json when the gin's checkpoint does not exist here (default: LLaDA-8B)")
     p.add_argument("--programs", default=",".join(PROGRAMS), help=f"comma-separated subset of {PROGRAMS}")

@@ -310,8 +310,9 @@ def agrpo_grad(trainable: Params, frozen: Params | None, ref_params: Params | No
     Pure and jit-able (configs and keep_fn static). The policy params are `policy_params(trainable, frozen,
     lora_config)`: full fine-tuning passes frozen=None, LoRA passes the adapters and the base params. Each scan
     iteration does one timestep's forward+backward and adds its gradient to an accumulator in
-    `config.grad_accum_dtype`; gradients come back in the trainable dtypes. Metrics: per-timestep means over K (the max over K for `logp_mismatch_max`,
-    the sum for `dropped_tokens`), plus `last_microloss` (loss_{K−1}, what the official trainer returns).
+    `config.grad_accum_dtype`; gradients come back in the trainable dtypes. Metrics: per-timestep means over K
+    (the max over K for `logp_mismatch_max`, the sum for `dropped_tokens`), plus `last_microloss` (loss_{K−1},
+    what the official trainer returns).
     """
     check_batch(batch, config, steps_BxK, weights_BxK)
     k = steps_BxK.shape[1]
@@ -328,8 +329,8 @@ def agrpo_grad(trainable: Params, frozen: Params | None, ref_params: Params | No
         acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
         return acc, (loss, metrics)
 
-    acc_dtype = (lambda p: p.dtype) if config.grad_accum_dtype == "params" else (lambda p: jnp.float32)
-    acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, acc_dtype(p)), trainable)
+    in_params_dtype = config.grad_accum_dtype == "params"
+    acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype if in_params_dtype else jnp.float32), trainable)
     acc, (losses_K, metrics_K) = jax.lax.scan(body, acc0, (steps_BxK.T, weights_BxK.T))
     grads = jax.tree.map(lambda a, p: a.astype(p.dtype), acc, trainable)
     metrics = {name: v.mean() for name, v in metrics_K.items()}
