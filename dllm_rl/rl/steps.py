@@ -8,6 +8,7 @@ program serves every step and no step holds whole copies of sharded state.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -36,14 +37,21 @@ def agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, conf
     """(loss, grads, metrics) of one AGRPO micro-batch, the grads in the trainable params' layout; K timesteps
     per sequence are drawn from `rng`."""
     program = agrpo_grads_program(trainable, model_config=model_config, config=config, lora_config=lora_config)
-    return program(trainable, frozen, ref_params, batch, rng)
+    with on_mesh_of(trainable):
+        return program(trainable, frozen, ref_params, batch, rng)
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
-def diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_config):
-    """Per-token completion log-probs of diffu-GRPO's one-step estimate (old or reference policy)."""
+def _diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_config):
     params = lora_lib.policy_params(trainable, frozen, lora_config)
     return diffu_grpo.completion_logps(model_config, params, batch, rng, config)
+
+
+def diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_config):
+    """Per-token completion log-probs of diffu-GRPO's one-step estimate (old or reference policy)."""
+    with on_mesh_of(trainable):
+        return _diffu_logps(trainable, frozen, batch, rng, model_config=model_config, config=config,
+                            lora_config=lora_config)
 
 
 def _diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng, *, model_config, config,
@@ -63,7 +71,8 @@ def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=N
     """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration (LoRA dropout from `dropout_rng`),
     the grads in the trainable params' layout."""
     program = diffu_grads_program(trainable, model_config=model_config, config=config, lora_config=lora_config)
-    return program(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng)
+    with on_mesh_of(trainable):
+        return program(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng)
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -109,6 +118,13 @@ def sft_update(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng, *, m
     program = layout_keeping(_sft_update, (params, opt_state), (0, 1, None), donate=(0, 1),
                              model_config=model_config, tx=tx)
     return program(params, opt_state, prompt_ids, prompt_mask, answer_ids, rng)
+
+
+def on_mesh_of(tree):
+    """`jax.set_mesh` of the mesh `tree`'s arrays are laid out on (a no-op for single-device arrays): the loss
+    programs are traced under it, so kernels XLA cannot partition (splash attention) run per device."""
+    sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
+    return jax.set_mesh(sharding.mesh) if isinstance(sharding, NamedSharding) else contextlib.nullcontext()
 
 
 def layout_keeping(fn, layout: tuple, outputs: tuple, donate: tuple = (), **static):

@@ -213,10 +213,8 @@ class Trainer:
             advantages=advantages, keep=record if record is not None and record.bits is not None else None)
         start = time.perf_counter()
         ref = self.base_params if self.cfg.agrpo.beta else None  # LoRA off / initial policy
-        with jax.set_mesh(self.mesh):  # the loss's kernels that need it read the mesh (splash attention)
-            loss, grads, m = steps.agrpo_grads(trainable, frozen, ref, batch, loss_key,
-                                               model_config=self.model_config, config=self.cfg.agrpo,
-                                               lora_config=self.cfg.lora)
+        loss, grads, m = steps.agrpo_grads(trainable, frozen, ref, batch, loss_key, model_config=self.model_config,
+                                           config=self.cfg.agrpo, lora_config=self.cfg.lora)
         jax.block_until_ready(grads)
         info["loss_seconds"] = time.perf_counter() - start
         info["loss"] = float(loss)
@@ -243,14 +241,14 @@ class Trainer:
                                               advantages)
             keys = diffu_grpo.iteration_keys(mask_key, cfg.num_iterations)
             used = {diffu_grpo.mask_index(g, i, cfg) for g in range(cfg.num_iterations)}
-            old = ref = None
-            with jax.set_mesh(self.mesh):  # splash attention reads the mesh
-                if cfg.num_iterations > 1:
-                    old = [steps.diffu_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw)
-                           if j in used else None for j, k in enumerate(keys)]
-                if cfg.beta:
-                    ref = [steps.diffu_logps(self.base_params, None, batch, k, lora_config=None, **kw)
-                           if j in used else None for j, k in enumerate(keys)]
+            old = None
+            if cfg.num_iterations > 1:
+                old = [steps.diffu_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw)
+                       if j in used else None for j, k in enumerate(keys)]
+            ref = None
+            if cfg.beta:
+                ref = [steps.diffu_logps(self.base_params, None, batch, k, lora_config=None, **kw)
+                       if j in used else None for j, k in enumerate(keys)]
             out.append((batch, keys, old, ref, info))
         return out
 
@@ -278,11 +276,10 @@ class Trainer:
             grad_sum = None
             for m, (batch, keys, old, ref, info) in enumerate(prepared):
                 j = diffu_grpo.mask_index(it, m, cfg)
-                with jax.set_mesh(self.mesh):  # splash attention reads the mesh
-                    loss, grads, metrics = steps.diffu_grads(
-                        trainable, frozen, batch, keys[j], None if old is None else old[j],
-                        None if ref is None else ref[j], jax.random.fold_in(dropout_key, it * len(prepared) + m),
-                        model_config=self.model_config, config=cfg, lora_config=self.cfg.lora)
+                loss, grads, metrics = steps.diffu_grads(
+                    trainable, frozen, batch, keys[j], None if old is None else old[j], None if ref is None else ref[j],
+                    jax.random.fold_in(dropout_key, it * len(prepared) + m), model_config=self.model_config,
+                    config=cfg, lora_config=self.cfg.lora)
                 grad_sum = _add(grad_sum, grads)
                 del grads
                 logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items()
