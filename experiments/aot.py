@@ -31,7 +31,6 @@ from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
 from dllm_rl.models import lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from dllm_rl.rl.config import TrainError
 from experiments.cli import make_parser, mesh_flag, run_main
 
 GIB = 2**30
@@ -128,14 +127,7 @@ class Setup:
 def make_setup(cfg, model_config: llada.LLaDAConfig, mesh) -> Setup:
     """Abstract base params (the checkpoint dtype) and the (trainable, frozen) split of the config: LoRA adapters
     float32 on their logical-axis shardings, or the base params themselves for full fine-tuning."""
-    batch = mesh_lib.batch_sharding(mesh, 1, cfg.mesh.rules)
-    for what, rows in (("rollout batch (prompts_per_micro_batch x num_generations)",
-                        cfg.train.prompts_per_micro_batch * cfg.num_generations),
-                       ("eval batch (eval_batch_size)", cfg.train.eval_batch_size)):
-        try:
-            mesh_lib.check_divisible((rows,), batch, what)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
+    cfg.check_batches(mesh)
     base = abstract_params(model_config, mesh, cfg.model.dtype, cfg.mesh.rules)
     if cfg.lora is None:
         return Setup(cfg, model_config, mesh, base, base, None)

@@ -151,6 +151,21 @@ class ExperimentConfig:
     def num_generations(self) -> int:
         return self.algorithm_config.num_generations
 
+    def check_batches(self, mesh) -> None:
+        """A TrainError, before anything is compiled, when a batch the run uses does not split evenly over the
+        batch axes of `mesh` (laid out by `self.mesh.rules`)."""
+        tc = self.train
+        sizes = {"rollout batch (prompts_per_micro_batch x num_generations)":
+                 tc.prompts_per_micro_batch * self.num_generations, "eval batch (eval_batch_size)": tc.eval_batch_size}
+        if tc.sft_steps:
+            sizes["SFT batch (sft_batch_size)"] = tc.sft_batch_size
+        sharding = mesh_lib.batch_sharding(mesh, 1, self.mesh.rules)
+        for what, rows in sizes.items():
+            try:
+                mesh_lib.check_divisible((rows,), sharding, what)
+            except ValueError as e:
+                raise TrainError(str(e)) from None
+
     def validate(self) -> None:
         """All cross-field checks, before any model is loaded or compiled."""
         self.train.validate()

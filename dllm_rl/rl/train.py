@@ -67,7 +67,7 @@ class Trainer:
         self.mesh = mesh_lib.make_mesh(cfg.mesh)
         self.rules = cfg.mesh.rules
         self.group = cfg.num_generations
-        self._check_batches()
+        cfg.check_batches(self.mesh)
         self.model_config, params = cfg.model.load(self.param_shardings)
         self._check_tokenizer()
         adv_lib.check_group_size(cfg.train.prompts_per_micro_batch * self.group, self.group)
@@ -98,14 +98,6 @@ class Trainer:
         sharding = mesh_lib.batch_sharding(self.mesh, np.ndim(x), self.rules)
         rows = np.asarray(x)[multihost.local_rows(sharding, len(x))]
         return multihost.place_rows(rows, sharding, len(x))
-
-    def _check_batches(self) -> None:
-        tc = self.train_cfg
-        sizes = {"rollout batch": tc.prompts_per_micro_batch * self.group, "eval batch": tc.eval_batch_size}
-        if tc.sft_steps:
-            sizes["SFT batch"] = tc.sft_batch_size
-        for what, rows in sizes.items():
-            _as_train_error(mesh_lib.check_divisible, (rows,), mesh_lib.batch_sharding(self.mesh, 1, self.rules), what)
 
     def _check_tokenizer(self) -> None:
         tok, cfg = self.tokenizer, self.model_config
