@@ -129,6 +129,8 @@ def test_single_process_rows_round_trip():
     assert placed.sharding == sharding
     np.testing.assert_array_equal(multihost.host_rows(placed, sharding), x)
     np.testing.assert_array_equal(multihost.gather_rows(x, rows, 6), x)
+    np.testing.assert_array_equal(multihost.all_rows(placed), x)
+    np.testing.assert_array_equal(multihost.all_rows(x), x)
     assert multihost.is_primary() and jax.process_count() == 1
     multihost.sync("no-op with one process")
 

@@ -4,8 +4,9 @@ gathers, and the process-0 rule for files every host would otherwise write.
 Every process runs the same program on global arrays (JAX SPMD). A `[B, ...]` batch laid out by
 `mesh.batch_sharding` has its rows spread over the processes' devices; `local_rows` says which contiguous rows
 live here, `place_rows` assembles each host's rows into the global array (`make_array_from_process_local_data`),
-`host_rows` reads this host's rows back, and `gather_rows` gives every host all rows of a small per-row host
-array (rewards). With one process all of these reduce to plain NumPy slicing.
+`host_rows` reads this host's rows back, `all_rows` gives every host all rows of a small global array (sampled
+tokens), and `gather_rows` all rows of a small per-row host array (rewards). With one process all of these
+reduce to plain NumPy slicing.
 """
 from __future__ import annotations
 
@@ -81,15 +82,23 @@ def host_rows(x: jax.Array, sharding: jax.sharding.Sharding) -> np.ndarray:
     return np.concatenate([np.asarray(first[k]) for k in sorted(first)])
 
 
+def all_rows(x) -> np.ndarray:
+    """Every row of a global `[B, ...]` array (or a host array) on this host; multi-host, the hosts exchange their
+    rows, so keep it to small arrays (sampled tokens)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def gather_rows(rows: np.ndarray, row_slice: slice, num_rows: int) -> np.ndarray:
     """All `num_rows` rows on every process, from each process's `rows` at its `row_slice` (small host data)."""
     rows = np.asarray(rows)
     if jax.process_count() == 1:
         return rows
     index = np.arange(row_slice.start, row_slice.stop, dtype=np.int32)
-    all_index, all_rows = multihost_utils.process_allgather((index, rows), tiled=True)
+    all_index, gathered = multihost_utils.process_allgather((index, rows), tiled=True)
     out = np.empty((num_rows,) + rows.shape[1:], rows.dtype)
-    out[np.asarray(all_index)] = np.asarray(all_rows)
+    out[np.asarray(all_index)] = np.asarray(gathered)
     return out
 
 

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from dllm_rl.parallel import multihost
 from dllm_rl.sampling import SamplerConfig, generate
 from dllm_rl.tasks import Score, Task, render_prompts
 
@@ -52,7 +52,7 @@ def complete(model_config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.
         key = None if rng is None else jax.random.fold_in(rng, start)
         rollout = generate(model_config, params, ids_NxP[rows], sampler, attention_mask=mask_NxP[rows], rng=key,
                            mesh=mesh)
-        tokens_BxL = _all_rows(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
+        tokens_BxL = multihost.all_rows(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
         completions += tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)
     return completions
 
@@ -71,11 +71,3 @@ def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dic
     return [Graded(prompt, text, task.score(text, ex), task.score(text, ex, strict=True) if strict else None,
                    task.reward(text, ex, style=reward_style).total if reward_style else None)
             for prompt, text, ex in zip(prompts, completions, examples)]
-
-
-def _all_rows(x: jax.Array) -> np.ndarray:
-    """Every row of a sampled batch on this host; multi-host, the hosts exchange their rows (a few KiB), so each
-    grades the same completions and process 0's numbers are everyone's."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
