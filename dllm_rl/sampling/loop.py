@@ -83,9 +83,16 @@ def denoise(run: Run, s: State, logits_BxNxV: jax.Array, start, block_end, count
     gumbel_source, uniform_BxN = step_draws(sampler, run.rng, run.draws, s.step, start, b, n, vocab)
     prop = propose(logits_BxNxV, sampler, gumbel_source, scoring.needs_stats(sampler))
     score_BxN = scoring.position_scores(sampler, logits_BxNxV, prop, uniform_BxN)
+    return commit_best(run, s, prop, score_BxN, start, block_end, count_B)
+
+
+def commit_best(run: Run, s: State, prop: Proposal, score_BxN: jax.Array, start, block_end, count_B) -> State:
+    """Commits, of the proposals at start..start+N-1, the best-scored open candidates left of block_end (count_B
+    per row; with parallel_threshold also those above it)."""
+    b, n = score_BxN.shape
     open_BxN = jax.lax.dynamic_slice(is_open(run, s), (0, start), (b, n))
     cand_BxN = open_BxN & (start + jnp.arange(n) < block_end)[None]
-    sel_BxN = scoring.select(cand_BxN, score_BxN, count_B, sampler.parallel_threshold)
+    sel_BxN = scoring.select(cand_BxN, score_BxN, count_B, run.sampler.parallel_threshold)
     return commit(run, s, prop, sel_BxN, start)
 
 
@@ -127,9 +134,7 @@ def straggler_denoise(run: Run, s: State, block_end, count_B) -> State:
 
     init = (jnp.zeros((b, t), jnp.int32), jnp.zeros((b, t), jnp.float32))
     (x0_BxT, score_BxT), _ = jax.lax.scan(window, init, jnp.arange(-(-t // n)))
-    cand_BxT = is_open(run, s) & (jnp.arange(t) < block_end)[None]
-    sel_BxT = scoring.select(cand_BxT, score_BxT, count_B, sampler.parallel_threshold)
-    return commit(run, s, Proposal(x0_BxT, None, None, None), sel_BxT, 0)
+    return commit_best(run, s, Proposal(x0_BxT, None, None, None), score_BxT, 0, block_end, count_B)
 
 
 def begin_block(run: Run, s: State, block, at_boundary) -> State:
