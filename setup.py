@@ -31,14 +31,18 @@ setup(
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8,<4",
         "pyarrow>=15",
+        "scipy>=1.11",
     ],
     extras_require={
         # gs:// workdirs, checkpoints and model folders (etils epath reads them through fsspec's gcsfs).
         "gcs": ["gcsfs>=2024.2"],
+        # libtpu: run on TPU VMs, and compile for TPU topologies on any Linux x86_64 machine (experiments.aot,
+        # tests/test_aot.py). pip keeps the installed jax when it is in range and takes its matching libtpu.
+        "tpu": ["jax[tpu]>=0.10.2,<0.12"],
+        # Weights & Biases logging (experiments.run --wandb_project; WANDB_MODE=offline needs no account).
+        "wandb": ["wandb>=0.17,<1"],
         # nbclient + ipykernel execute notebooks/*.ipynb in tests/test_notebooks.py (no network needed).
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7", "nbclient>=0.10,<0.12",
-                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "gcsfs>=2024.2",
-                 # libtpu: the TPU compiler, so tests compile for TPU topologies on a CPU machine (test_aot.py)
-                 "jax[tpu]>=0.10.2,<0.12"],
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "gcsfs>=2024.2", "wandb>=0.17,<1"],
     },
 )

@@ -14,6 +14,7 @@ import os
 import sys
 
 from dllm_rl.atomic import atomic_directory
+from dllm_rl.cli import use_cpu
 from dllm_rl.checkpoint.hf import CheckpointError, iter_params, resolve_dtype
 from dllm_rl.checkpoint.orbax import copy_side_files, write_model_dir
 from dllm_rl.models.llada import ConfigError, LLaDAConfig
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (default bfloat16)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
     args = parser.parse_args(argv)
+    use_cpu()
     try:
         config = convert(args.hf_dir, args.out_dir, args.dtype, args.overwrite)
     except (CheckpointError, ConfigError) as e:
@@ -52,6 +54,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments.cli import run_main  # one-line user errors, quiet third-party logging
+    from dllm_rl.cli import run_main  # one-line user errors, quiet third-party logging
 
     run_main(main)

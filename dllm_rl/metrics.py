@@ -1,4 +1,5 @@
-"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard (plots: `dllm_rl.plots`).
+"""Training metrics: one JSON object per line in `metrics.jsonl`, the same scalars to TensorBoard (plots: `dllm_rl.plots`)
+and, optionally, to Weights & Biases (`WandbOptions`).
 
 In a multi-host run only process 0's writer is `active`; the others' writes only return the row. The workdir may be
 local or gs:// (etils `epath`); object stores cannot append, so there the (small) file is rewritten per row.
@@ -7,9 +8,12 @@ was interrupted and will be logged again), so the file always reads as one unint
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import secrets
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -17,6 +21,17 @@ import numpy as np
 from dllm_rl import paths
 
 METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"  # W/wandb_run_id: a resumed run logs on into the same W&B run
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbOptions:
+    """Also log every row to Weights & Biases (`pip install 'dllm_rl[wandb]'`). `WANDB_MODE=offline` keeps the run
+    on disk (under W/wandb, or a temporary folder for a gs:// workdir) for a later `wandb sync`."""
+
+    project: str
+    name: str | None = None
+    entity: str | None = None
 
 
 def _to_python(value: Any) -> Any:
@@ -47,8 +62,9 @@ class MetricsWriter:
     """Appends metric rows to JSONL and TensorBoard; keeps the JSONL consistent across resumes."""
 
     def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, tensorboard: bool = True,
-                 active: bool = True):
+                 active: bool = True, wandb: WandbOptions | None = None, config: Mapping[str, Any] | None = None):
         self.active = active
+        self._wandb = None
         if not active:
             return
         self.workdir = os.fspath(workdir)
@@ -63,6 +79,8 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"), purge_step=resume_step)
+        if wandb is not None:
+            self._wandb = _start_wandb(self.workdir, wandb, config)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
         row = {"step": int(step)}
@@ -81,6 +99,8 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=row["step"])
         return row
 
     def close(self) -> None:
@@ -90,9 +110,28 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _start_wandb(workdir: str, options: WandbOptions, config: Mapping[str, Any] | None):
+    """A W&B run for this workdir: its id is kept in W/wandb_run_id so a resumed run continues the same W&B run
+    (W&B ignores rows for steps it already has, so the rows an interrupted run logged past its last checkpoint
+    stay as first logged there; metrics.jsonl is the exact record)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("W&B logging needs the wandb package: pip install 'dllm_rl[wandb]'") from None
+    id_path = paths.absolute(workdir) / WANDB_ID_FILE
+    run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
+    if not id_path.exists():
+        paths.replace_bytes(id_path, run_id.encode())
+    local_dir = tempfile.mkdtemp(prefix="dllm_rl_wandb_") if paths.is_remote(workdir) else workdir
+    return wandb.init(project=options.project, entity=options.entity, name=options.name, id=run_id, resume="allow",
+                      dir=local_dir, config=dict(config or {}))

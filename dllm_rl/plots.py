@@ -10,12 +10,14 @@ pyplot: no global figure state and no backend switch, so they behave the same in
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from dllm_rl import paths
 from dllm_rl.metrics import read_metrics
 
 PLOTS_DIR = "plots"
@@ -69,10 +71,13 @@ def draw_panel(ax, rows: Sequence[dict], panel: Panel) -> None:
 
 
 def save_figure(fig, path: str) -> str:
-    """Writes `fig` to `path` as PNG atomically (a reader never sees half a file)."""
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    os.replace(tmp, path)
+    """Writes `fig` to `path` (local or gs://; its folder is made) as PNG atomically (a reader never sees half a
+    file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    target = paths.absolute(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    paths.replace_bytes(target, buffer.getvalue())
     return path
 
 
@@ -84,11 +89,11 @@ def plot_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         return []
     out_dir = os.fspath(out_dir or os.path.join(os.fspath(workdir), PLOTS_DIR))
     os.makedirs(out_dir, exist_ok=True)
-    paths = []
+    written = []
     for panel in panels:
         fig = Figure(figsize=(6, 4))
         draw_panel(fig.subplots(), rows, panel)
-        paths.append(save_figure(fig, os.path.join(out_dir, f"{panel.name}.png")))
+        written.append(save_figure(fig, os.path.join(out_dir, f"{panel.name}.png")))
     cols = min(len(panels), 3)
     rows_of_panels = -(-len(panels) // cols)
     fig = Figure(figsize=(5 * cols, 3.6 * rows_of_panels))
@@ -98,8 +103,8 @@ def plot_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    paths.append(save_figure(fig, os.path.join(out_dir, f"{OVERVIEW}.png")))
-    return paths
+    written.append(save_figure(fig, os.path.join(out_dir, f"{OVERVIEW}.png")))
+    return written
 
 
 def trajectory_grid(unmask_step_L: np.ndarray, steps: int) -> np.ndarray:

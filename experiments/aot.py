@@ -13,7 +13,11 @@ and the eval sampler. One JSON line per program: per-chip bytes = arguments + te
 that stays resident meanwhile (`resident_bytes`) is within the device's HBM. Exit status 1 when a program does
 not fit. The model is the checkpoint's config.json when the gin points at one that exists here,
 else `--model_config` (default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body
-once. (Just over 300 lines: the abstract inputs of four programs and their resident state belong together.)
+once. A device is what a TPU VM's JAX lists: on v4 a megacore chip (4 devices of 32 GiB on a v4-8; libtpu's own
+default, `--chip_config default`, is one 16 GiB device per TensorCore). The HBM compared against is the chip's
+nominal HBM (`CHIP_HBM_GIB`); the compiler itself refuses a program over a little less (15.75 GiB on v5e, 31.25 on
+v6e, 30.75 on a v4 megacore). (About 340 lines: the abstract inputs of four programs and their resident state
+belong together.)
 """
 from __future__ import annotations
 
@@ -31,27 +35,49 @@ from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
 from dllm_rl.models import lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from experiments.cli import make_parser, mesh_flag, run_main
+from dllm_rl.cli import make_parser, mesh_flag, run_main
 
 GIB = 2**30
 # HBM per chip by device_kind (the topology's devices report no memory stats).
 CHIP_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU v6e": 32}
+# libtpu chip configuration to compile for, by TPU generation, where its default is not what a TPU VM runs. libtpu
+# lists each of a v4 chip's two TensorCores as a device of its own (core_on_chip 0 and 1, 16 GiB each) unless
+# told `chip_config_name="megacore"`; a v4 TPU VM runs its chips as megacores: one device per chip (both
+# TensorCores, 32 GiB), 4 devices on a v4-8. (v5p's default is already one device per chip.)
+DEFAULT_CHIP_CONFIG = {"v4": "megacore"}
 PROGRAMS = ("rollout", "loss", "update", "eval")
 
 
-def topology_devices(name: str) -> list:
-    """The devices of a TPU topology such as 'v5e:2x4' (compile targets only; nothing runs on them)."""
+def topology_options(name: str, chip_config: str | None = None) -> dict:
+    """Options of `get_topology_desc` for a topology such as 'v4:2x2x1': the chip configuration (`chip_config`,
+    else `DEFAULT_CHIP_CONFIG` of the generation; 'default' for libtpu's own) and, for a slice smaller than
+    libtpu's default host (2x2x1 chips, e.g. 'v6e:1x1', one chip), the slice itself as the host's chips."""
+    generation, _, dims = name.partition(":")
+    options = {}
+    chip_config = chip_config or DEFAULT_CHIP_CONFIG.get(generation)
+    if chip_config and chip_config != "default":
+        options["chip_config_name"] = chip_config
+    bounds = [int(n) for n in dims.split("x")] + [1] * (3 - len(dims.split("x"))) if dims else []
+    if bounds and (bounds[0] % 2 or bounds[1] % 2):
+        options["chips_per_host_bounds"] = bounds
+    return options
+
+
+def topology_devices(name: str, chip_config: str | None = None) -> list:
+    """The devices of a TPU topology such as 'v5e:2x4' (compile targets only; nothing runs on them), in the
+    chip configuration of `topology_options`."""
     from jax.experimental import topologies
 
     # Compiling needs no exclusive TPU access; without this a second process using libtpu fails on its lockfile.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name,
+                                             **topology_options(name, chip_config)).devices)
 
 
-def device_hbm_bytes(topology: str, devices: list) -> int:
-    """HBM of one device: the chip's HBM split over the devices of a chip (v4 topologies list each of a chip's
-    two TensorCores as a device)."""
-    chips = math.prod(int(n) for n in topology.split(":")[1].split("x"))
+def device_hbm_bytes(devices: list) -> int:
+    """HBM of one device: the chip's HBM split over the devices on a chip (two on a v4 chip compiled per
+    TensorCore, one otherwise); the chips are the devices' distinct coordinates."""
+    chips = len({tuple(d.coords) for d in devices})
     return CHIP_HBM_GIB[devices[0].device_kind] * GIB * chips // len(devices)
 
 
@@ -236,8 +262,9 @@ def lower_program(setup: Setup, name: str):
     return {"loss": lower_loss, "update": lower_update}[name](setup)
 
 
-def compile_program(setup: Setup, name: str, topology: str, hbm: int) -> tuple[dict, str]:
-    """(result row, compiled HLO text) of one program."""
+def compile_program(setup: Setup, name: str, topology: str, hbm: int | None) -> tuple[dict, str]:
+    """(result row, compiled HLO text) of one program; `fits` is None when the device memory is unknown (`hbm`
+    None: a CPU)."""
     t0 = time.perf_counter()
     with jax.set_mesh(setup.mesh):  # the mesh context kernels that need a shard_map read (models.tpu_attention)
         compiled = lower_program(setup, name).compile()
@@ -247,7 +274,8 @@ def compile_program(setup: Setup, name: str, topology: str, hbm: int) -> tuple[d
     resident = resident_bytes(setup, name)
     row = {"program": name, "topology": topology, "mesh": dict(setup.mesh.shape),
            "per_chip_bytes": mem["per_chip_bytes"], "chip_hbm_bytes": hbm,
-           "fits": mem["per_chip_bytes"] + resident <= hbm, "compile_seconds": round(seconds, 1),
+           "fits": None if hbm is None else mem["per_chip_bytes"] + resident <= hbm,
+           "compile_seconds": round(seconds, 1),
            **{k: v for k, v in mem.items() if k != "per_chip_bytes"}, "resident_bytes": resident,
            "param_bytes_per_chip": sharded_bytes(setup.base)}
     if name in ("rollout", "eval"):
@@ -266,7 +294,11 @@ def model_config_for(cfg, fallback: str) -> llada.LLaDAConfig:
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x4")
+    p.add_argument("--topology", required=True,
+                   help="TPU topology, e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x4, v6e:1x1 (one chip)")
+    p.add_argument("--chip_config", default=None,
+                   help="libtpu chip configuration: 'megacore' (the default for v4: one 32 GiB device per chip, as a "
+                        "v4 TPU VM runs) or 'default' (libtpu's: on v4 each TensorCore a 16 GiB device)")
     p.add_argument("--gin", action="append", required=True, help="gin config file (repeatable)")
     p.add_argument("--gin_binding", action="append", default=[], help="extra binding, e.g. 'experiment.lora=None'")
     p.add_argument("--mesh", type=mesh_flag, default=None,
@@ -285,12 +317,14 @@ def main(argv=None) -> list[dict]:
     cfg = parse_config(args.gin, args.gin_binding)
     if args.mesh:
         cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, shape=args.mesh))
-    devices = topology_devices(args.topology)
+    devices = topology_devices(args.topology, args.chip_config)
     mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
     setup = make_setup(cfg, model_config_for(cfg, args.model_config), mesh)
     rows = []
     for name in args.programs.split(","):
-        row, hlo = compile_program(setup, name, args.topology, device_hbm_bytes(args.topology, devices))
+        row, hlo = compile_program(setup, name, args.topology, device_hbm_bytes(devices))
+        row.update(devices=len(devices), device_kind=devices[0].device_kind,
+                   chip_config=topology_options(args.topology, args.chip_config).get("chip_config_name", "default"))
         if args.hlo_dir:
             os.makedirs(args.hlo_dir, exist_ok=True)
             with open(os.path.join(args.hlo_dir, f"{name}.hlo.txt"), "w", encoding="utf-8") as f:

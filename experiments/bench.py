@@ -39,7 +39,7 @@ import numpy as np
 
 from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.models import llada
-from experiments.cli import make_parser, mesh_flag, run_main
+from dllm_rl.cli import make_parser, mesh_flag, run_main
 
 CONFIG_8B = LLADA_8B_META_DIR / "config.json"
 

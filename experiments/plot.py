@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from experiments.cli import make_parser, run_main
+from dllm_rl.cli import make_parser, run_main
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,10 @@
 """Shared test fixtures: paths of the golden data copied into tests/fixtures.
 
 The whole suite runs with implicit rank promotion disabled, so a broadcast that silently adds leading axes
-(e.g. [B] + [B, L]) is an error in tests rather than a wrong-shaped result.
+(e.g. [B] + [B, L]) is an error in tests rather than a wrong-shaped result. Under CI (`CI=true`) a skip is a
+failure: a missing libtpu, nbclient, shellcheck or wandb must not hide an area of the suite.
 """
+import os
 import pathlib
 
 import jax
@@ -48,3 +50,26 @@ def uncompiled_generate(monkeypatch):
 
     monkeypatch.setattr(module, "_generate", no_compile)
     return module.generate
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _fail_skips_in_ci(report) -> None:
+    if report.skipped and _in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every area must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skips_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_skips_in_ci(outcome.get_result())

@@ -4,6 +4,7 @@ import functools
 import shutil
 
 import jax
+import jax.extend
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
@@ -129,6 +130,37 @@ def test_bf16_gradients_in_either_accumulator_stay_near_the_golden(golden, batch
     assert rel_err(flat["params"], flat["float32"]) < 1e-2 and errors["params"] < errors["float32"] + 1e-2, errors
     with pytest.raises(ValueError, match="grad_accum_dtype"):
         make_config(grad_accum_dtype="float16")
+
+
+def scan_carries(jaxpr: jax.extend.core.Jaxpr):
+    """The carry avals of every `scan` in `jaxpr`, nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            n, c = eqn.params["num_consts"], eqn.params["num_carry"]
+            yield [v.aval for v in eqn.invars[n:n + c]]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from scan_carries(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from scan_carries(sub)
+
+
+@pytest.mark.parametrize("accum,dtype", [("float32", jnp.float32), ("params", jnp.bfloat16)])
+def test_gradient_accumulator_has_the_configured_dtype(accum, dtype, batch, policy, tiny):
+    """With bf16 params, the scan over the K timesteps carries its gradient sum in `grad_accum_dtype`: read
+    from the traced program, since the gradients alone hardly tell the two apart (bf16 rounding of K = 4 additions
+    is within the golden tolerance)."""
+    model_config, _ = tiny
+    trainable = jax.tree.map(lambda x: x.astype(jnp.bfloat16), policy)
+    config = make_config("entropy", True, grad_accum_dtype=accum, compute_dtype="bfloat16")
+    steps_BxK, weights_BxK = jnp.zeros((3, 4), jnp.int32), jnp.ones((3, 4), jnp.float32)
+    grad_fn = functools.partial(agrpo.agrpo_grad, model_config=model_config, config=config)
+    jaxpr = jax.make_jaxpr(grad_fn)(trainable, None, None, batch, steps_BxK, weights_BxK).jaxpr
+    shapes = [x.shape for x in jax.tree.leaves(trainable)]
+    accumulators = [avals for avals in scan_carries(jaxpr) if [a.shape for a in avals] == shapes]
+    assert len(accumulators) == 1
+    assert {a.dtype for a in accumulators[0]} == {jnp.dtype(dtype)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,13 +21,26 @@ def test_vocab_sorts_finds_sorts_over_the_vocabulary_only():
 
 
 class _Device:
-    def __init__(self, kind):
-        self.device_kind = kind
+    def __init__(self, kind, coords):
+        self.device_kind, self.coords = kind, coords
+
+
+def _chips(kind, n, cores=1):
+    return [_Device(kind, (i % 2, i // 2, 0)) for i in range(n) for _ in range(cores)]
 
 
 def test_device_hbm_splits_a_chip_over_its_devices():
-    assert aot.device_hbm_bytes("v5e:2x4", [_Device("TPU v5 lite")] * 8) == 16 * aot.GIB
-    assert aot.device_hbm_bytes("v4:2x2x1", [_Device("TPU v4")] * 8) == 16 * aot.GIB  # two cores per chip
+    assert aot.device_hbm_bytes(_chips("TPU v5 lite", 8)) == 16 * aot.GIB
+    assert aot.device_hbm_bytes(_chips("TPU v4", 4)) == 32 * aot.GIB  # megacore: a chip is one device
+    assert aot.device_hbm_bytes(_chips("TPU v4", 4, cores=2)) == 16 * aot.GIB  # one device per TensorCore
+
+
+def test_topology_options_compile_v4_as_megacores_and_a_single_chip_as_its_own_host():
+    assert aot.topology_options("v4:2x2x1") == {"chip_config_name": "megacore"}
+    assert aot.topology_options("v4:2x2x1", "default") == {}
+    assert aot.topology_options("v5e:2x4") == aot.topology_options("v5p:2x2x1") == {}
+    assert aot.topology_options("v6e:1x1") == {"chips_per_host_bounds": [1, 1, 1]}
+    assert aot.topology_options("v5p:1x1x1") == {"chips_per_host_bounds": [1, 1, 1]}
 
 
 def _need_libtpu():
@@ -35,6 +48,16 @@ def _need_libtpu():
         import libtpu  # noqa: F401
     except ImportError as e:
         pytest.skip(f"libtpu cannot be imported: {e}")
+
+
+def test_a_v4_slice_is_compiled_for_one_megacore_device_per_chip():
+    _need_libtpu()
+    megacore = aot.topology_devices("v4:2x2x1")
+    assert len(megacore) == 4 and len({tuple(d.coords) for d in megacore}) == 4
+    assert megacore[0].device_kind == "TPU v4" and aot.device_hbm_bytes(megacore) == 32 * aot.GIB
+    per_core = aot.topology_devices("v4:2x2x1", "default")  # libtpu's default: each TensorCore a device
+    assert len(per_core) == 8 and aot.device_hbm_bytes(per_core) == 16 * aot.GIB
+    assert len(aot.topology_devices("v6e:1x1")) == 1
 
 
 def test_optimizer_state_takes_the_trainable_shardings():

@@ -1,15 +1,15 @@
-"""experiments.cli: every user mistake on a command line ends in one `error:` line on stderr and exit code 2."""
+"""dllm_rl.cli: every user mistake on a command line ends in one `error:` line on stderr and exit code 2."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from experiments import cli
+from dllm_rl import cli
 
 # experiments/run.py is wrapped through the same helper; spelled out here so the test does not depend on its
 # `__main__` block.
-RUN = [sys.executable, "-c", "from experiments.cli import run_main; from experiments.run import main; run_main(main)"]
+RUN = [sys.executable, "-c", "from dllm_rl.cli import run_main; from experiments.run import main; run_main(main)"]
 DEMO = ["--gin", "experiments/configs/demo.gin", "--gin_binding", "dllm_rl.TrainConfig.sft_steps=0",
         "--gin_binding", "dllm_rl.TrainConfig.num_steps=1", "--no_progress"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,3 +91,35 @@ def test_mesh_flag_parses_axis_sizes_or_says_how_to_write_them():
     assert cli.mesh_flag("data=1,fsdp=-1") == {"data": 1, "fsdp": -1}
     with pytest.raises(argparse.ArgumentTypeError, match="data=1,fsdp=8,tensor=1"):
         cli.mesh_flag("fsdp:8")
+
+
+def test_the_library_never_imports_the_entry_points():
+    """`dllm_rl` stands alone: no module of the package imports `experiments` (the gin entry points)."""
+    import ast
+    import pathlib
+
+    offenders = []
+    for path in pathlib.Path(REPO, "dllm_rl").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path}: {n}" for n in names if n == "experiments" or n.startswith("experiments.")]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("tool", ["convert", "export"])
+def test_file_tools_run_on_the_cpu_backend_whatever_jax_platforms_says(tool, tmp_path, tiny_dir):
+    """On a TPU VM the converter and the exporter must not initialise the TPU (a lone worker of a slice would wait
+    for its peers; a running job holds the chips): with JAX_PLATFORMS=tpu on this machine, which has no TPU, they
+    still work."""
+    if tool == "convert":
+        command = module("dllm_rl.convert") + ["--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path / "out")]
+    else:
+        subprocess.run(module("dllm_rl.convert") + ["--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path / "m")],
+                       check=True, timeout=300, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        command = module("dllm_rl.export") + ["--ckpt_dir", str(tmp_path / "m"), "--out_dir", str(tmp_path / "out"),
+                                              "--format", "hf"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env=dict(os.environ, JAX_PLATFORMS="tpu"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "config.json").exists()

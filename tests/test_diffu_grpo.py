@@ -254,6 +254,8 @@ def test_d1_golden_logps_losses_and_gradients(case, d1_golden, d1_params, tiny):
 # d1's run: mask order, metrics, configs
 
 def test_mask_index_default_and_d1_order():
+    """The default mask order, and d1's: the expected d1 order encodes our reading of d1's trainer code (its step
+    counter is incremented before the loss), not a run of that code."""
     config = dg.DiffuGRPOConfig(num_iterations=12)
     assert [dg.mask_index(g, m, config) for g in range(12) for m in range(2)] == [g for g in range(12) for _ in "ab"]
     # d1 (step counter incremented before the loss): micro-batch m of inner update g uses (2g + m + 1) mod μ.

@@ -143,20 +143,60 @@ def test_shard_plan_and_sizes():
     assert [[n for n, _ in shard] for shard in plan] == [["a", "b"], ["c"], ["d"]]
 
 
-LORA_CASES = [LoRAConfig(rank=4, alpha=8.0), LoRAConfig(rank=3, alpha=5.0, lm_head=True),
-              LoRAConfig(rank=2, alpha=2.0, targets=(), lm_head=True),
-              LoRAConfig(rank=4, alpha=16.0, targets=("q_proj", "k_proj", "v_proj", "up_proj"))]
+# The tiny model's modules (HF names less ".weight"), and which of them PEFT adapts for a `target_modules`, worked
+# out by hand from PEFT's rule: a list entry t matches a module named t or ending in "." + t; a string is a regex
+# that must match the whole name.
+HEAD = "model.transformer.ff_out"  # the untied LM head: its name ends in ".ff_out", as every block's MLP output
+TINY_MODULES = ["model.transformer.wte", "model.transformer.ln_f", HEAD] + [
+    f"model.transformer.blocks.{i}.{m}" for i in (0, 1)
+    for m in ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")]
+PEFT_MATCHES = [  # (target_modules, the modules PEFT adapts)
+    (["q_proj"], {"model.transformer.blocks.0.q_proj", "model.transformer.blocks.1.q_proj"}),
+    (["ff_out"], {"model.transformer.blocks.0.ff_out", "model.transformer.blocks.1.ff_out", HEAD}),
+    (["transformer.ff_out"], {HEAD}),
+    ([HEAD], {HEAD}),
+    (["0.ff_out"], {"model.transformer.blocks.0.ff_out"}),
+    (["proj", "q_pro"], set()),  # suffixes of whole dot-separated parts only
+    (["q_proj", "o_proj", "down_proj"], {"model.transformer.blocks.0.q_proj", "model.transformer.blocks.1.q_proj"}),
+    ("ff_out", set()),  # a string is a regex over the whole name
+    (r"model\.transformer\.blocks\.\d+\.ff_out", {"model.transformer.blocks.0.ff_out",
+                                                 "model.transformer.blocks.1.ff_out"}),
+]
 
 
-@pytest.mark.parametrize("lora_config", LORA_CASES, ids=["default", "lm_head", "head_only", "d1"])
-def test_peft_folder_names_shapes_and_round_trip(tiny_dir, tmp_path, lora_config):
+def test_peft_matching_rule_against_a_hand_written_table(tiny_dir):
+    assert module_names(LLaDAConfig.from_hf_config(str(tiny_dir))) == TINY_MODULES
+    for target_modules, adapted in PEFT_MATCHES:
+        assert peft_adapted(target_modules, TINY_MODULES) == adapted, target_modules
+
+
+def layer_modules(*targets: str) -> set[str]:
+    return {f"model.transformer.blocks.{i}.{t}" for i in (0, 1) for t in targets}
+
+
+LORA_CASES = [  # (LoRA config, the modules it adapts, by hand, and the plain list written if PEFT's rule allows it)
+    (LoRAConfig(rank=4, alpha=8.0), layer_modules(*LAYER_TARGETS), None),  # a list with ff_out would take the head
+    (LoRAConfig(rank=3, alpha=5.0, lm_head=True), layer_modules(*LAYER_TARGETS) | {HEAD}, sorted(LAYER_TARGETS)),
+    (LoRAConfig(rank=2, alpha=2.0, targets=(), lm_head=True), {HEAD}, None),
+    (LoRAConfig(rank=4, alpha=16.0, targets=("q_proj", "k_proj", "v_proj", "up_proj")),
+     layer_modules("q_proj", "k_proj", "v_proj", "up_proj"), ["k_proj", "q_proj", "up_proj", "v_proj"]),
+]
+
+
+@pytest.mark.parametrize("lora_config,modules,suffixes", LORA_CASES, ids=["default", "lm_head", "head_only", "d1"])
+def test_peft_folder_names_shapes_and_round_trip(tiny_dir, tmp_path, lora_config, modules, suffixes):
     config = LLaDAConfig.from_hf_config(str(tiny_dir))
     adapters = random_adapters(config, lora_config)
     export_peft(str(tmp_path / "peft"), config, adapters, lora_config)
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert (cfg["peft_type"], cfg["r"], cfg["lora_alpha"]) == ("LORA", lora_config.rank, lora_config.alpha)
     ours = lora_module_names(lora_config, config)
-    assert peft_adapted(cfg["target_modules"], module_names(config)) == ours  # PEFT adapts exactly our modules
+    assert ours == modules
+    if suffixes is None:  # a regex: the plain list would adapt other modules too
+        assert isinstance(cfg["target_modules"], str)
+    else:
+        assert cfg["target_modules"] == suffixes
+    assert peft_adapted(cfg["target_modules"], TINY_MODULES) == modules  # PEFT adapts exactly our modules
     tensors = read_folder(str(tmp_path / "peft"))
     shapes = hf_names(config)
     want = {}

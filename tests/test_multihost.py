@@ -5,9 +5,11 @@ params within float tolerance."""
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -41,19 +43,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(workdir, mesh, num_processes=1, devices=8):
-    """Runs `experiments.run` as `num_processes` processes sharing `devices` fake CPU devices; returns the metric
-    rows (without timings)."""
+def _start(workdir, mesh, num_processes=1, devices=8, extra=()):
+    """Starts `experiments.run` as `num_processes` processes sharing `devices` fake CPU devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // num_processes} {FAST_COMPILE}")
     cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress"]
-    for binding in TINY + [mesh]:
+    for binding in TINY + [mesh, *extra]:
         cmd += ["--gin_binding", binding]
     if num_processes > 1:
         cmd += ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", str(num_processes)]
-    procs = [subprocess.Popen(cmd + (["--process_id", str(i)] if num_processes > 1 else []), cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(num_processes)]
+    return [subprocess.Popen(cmd + (["--process_id", str(i)] if num_processes > 1 else []), cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(num_processes)]
+
+
+def _train(workdir, mesh, num_processes=1, devices=8, extra=()):
+    """Runs `experiments.run` (see `_start`) to the end; returns the metric rows (without timings)."""
+    procs = _start(workdir, mesh, num_processes, devices, extra)
     try:
         outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:
@@ -99,6 +105,37 @@ def test_two_processes_train_like_one_and_resume_in_one(tmp_path):
     _assert_same_run(rows, load_orbax(tmp_path / "resumed" / FINAL_MODEL_DIR)[1], ref_rows, ref_params)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumed_run_is_exact(tmp_path):
+    """A preemption notice reaches one host only: SIGTERM to process 1 of 2 makes both processes stop at the same
+    point, save one checkpoint and exit 0; rerunning the same command finishes the run with exactly the metrics
+    of an uninterrupted run."""
+    longer = ["dllm_rl.TrainConfig.num_steps = 10", "dllm_rl.TrainConfig.checkpoint_every = 0",
+              "dllm_rl.TrainConfig.eval_every = 5"]
+    stopped = tmp_path / "stopped"
+    procs = _start(stopped, FSDP, num_processes=2, extra=longer)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not read_metrics(stopped) or read_metrics(stopped)[-1]["step"] < 1:
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not reach step 1"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)  # process 0 (the one writing metrics) gets no signal
+        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0 and "stopped" in out, out[-3000:]
+    saved = sorted(int(d) for d in os.listdir(stopped / "checkpoints"))
+    assert saved[0] == 0 and len(saved) == 2 and 0 < saved[1] < 10, saved  # step 0 and the stop's one checkpoint
+    assert read_metrics(stopped)[-1]["step"] == saved[1] and not (stopped / FINAL_MODEL_DIR).exists()
+
+    resumed = _train(stopped, FSDP, num_processes=2, extra=longer)
+    straight = _train(tmp_path / "straight", FSDP, num_processes=2, extra=longer)
+    assert [r["step"] for r in straight] == list(range(11))
+    assert resumed == straight
+
+
 # ---- the helpers, in one process ---------------------------------------------------------------------------------
 
 class _Rows:
@@ -135,12 +172,15 @@ def test_single_process_rows_round_trip():
     multihost.sync("no-op with one process")
 
 
-def test_distributed_start_up_is_explicit_or_a_multi_host_tpu():
-    assert not multihost.wants_distributed(None, False, environ={})
-    assert multihost.wants_distributed("10.0.0.1:1234", False, environ={})
-    assert multihost.wants_distributed(None, True, environ={})
-    assert not multihost.wants_distributed(None, False, environ={multihost.TPU_HOSTS_ENV: "t1v-0"})
-    assert multihost.wants_distributed(None, False, environ={multihost.TPU_HOSTS_ENV: "t1v-0,t1v-1"})
+def test_distributed_start_up_is_explicit_or_any_cloud_tpu_vm():
+    assert not multihost.wants_distributed(None, False, tpu_vm=False)
+    assert multihost.wants_distributed("10.0.0.1:1234", False, tpu_vm=False)
+    assert multihost.wants_distributed(None, True, tpu_vm=False)
+    assert multihost.wants_distributed(None, False, tpu_vm=True)  # one host or several: always
+
+
+def test_any_process_is_the_local_flag_with_one_process():
+    assert multihost.any_process(True) and not multihost.any_process(False)
 
 
 def test_shared_directory_replaces_the_destination(tmp_path):

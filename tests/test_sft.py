@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 from safetensors.numpy import load_file
 
 from dllm_rl.checkpoint import load_hf
@@ -28,9 +29,20 @@ def test_loss_matches_numpy_reference(tiny_dir):
 
 
 def test_mask_probability_is_uniform_in_t():
-    _, masked, p = sft.mask_answer(jax.random.PRNGKey(0), jnp.zeros((4000, 64), jnp.int32), 9)
-    assert abs(float(p.mean()) - 0.5) < 0.02 and float(p.min()) >= sft.MIN_MASK_PROB
-    np.testing.assert_allclose(np.asarray(masked).mean(1), np.asarray(p), atol=0.2)
+    """p = (1 − ε)·t + ε with t ~ U(0, 1): the sampled p pass a KS test against U(ε, 1), and each row's mask
+    fraction is p plus binomial noise, so across rows it has variance Var(p) + E[p(1 − p)]/L (a constant p would
+    give only the binomial part)."""
+    b, length, eps = 4000, 64, sft.MIN_MASK_PROB
+    _, masked_BxL, p_B = sft.mask_answer(jax.random.PRNGKey(0), jnp.zeros((b, length), jnp.int32), 9)
+    p_B = np.asarray(p_B, np.float64)
+    # DKW: a correct sampler exceeds a KS distance of 0.05 with probability <= 2·exp(−2·b·0.05²) = 4e-9
+    assert scipy.stats.kstest(p_B, scipy.stats.uniform(eps, 1 - eps).cdf).statistic < 0.05
+    fraction_B = np.asarray(masked_BxL).mean(1)
+    # residuals fraction − p: mean 0 and variance E[p(1 − p)]/L = 1/(6L) (standard errors 9e-4 and 7e-5)
+    residual_B = fraction_B - p_B
+    assert abs(np.mean(residual_B)) < 5e-3 and abs(np.var(residual_B) - 1 / (6 * length)) < 4e-4
+    # Var(p) = (1 − ε)²/12 ≈ 0.083 (standard error 1.2e-3); a constant p = 0.5 gives 0.25/L ≈ 0.004
+    assert abs(np.var(fraction_B) - ((1 - eps) ** 2 / 12 + 1 / (6 * length))) < 0.01
 
 
 def test_a_few_steps_reduce_the_loss(tiny_dir):

@@ -10,35 +10,48 @@ TASKS = ("reverse", "increment")
 
 
 @pytest.mark.parametrize("name", TASKS)
-def test_train_and_test_partition_every_string(name):
+def test_train_validation_and_test_partition_every_string(name):
     task = get_task(name)
-    train, test = ({e["digits"] for e in task.load(s)} for s in ("train", "test"))
-    assert not train & test
-    assert len(train | test) == 10 ** task.num_digits
+    train, validation, test = ({e["digits"] for e in task.load(s)} for s in ("train", "validation", "test"))
+    assert not train & test and not train & validation and not validation & test
+    assert len(train | validation | test) == 10 ** task.num_digits
     assert 0.15 < len(test) / 10 ** task.num_digits < 0.25
+    assert 0.07 < len(validation) / 10 ** task.num_digits < 0.13
     with pytest.raises(ValueError, match="no split"):
-        task.load("validation")
+        task.load("dev")
+
+
+# (digits, answer) worked out by hand: increment adds 1 to every digit, 9 wrapping to 0; reverse reverses
+HAND_ANSWERS = {
+    "increment": [("0189", "1290"), ("9999", "0000"), ("1234", "2345"), ("5090", "6101")],
+    "reverse": [("0189", "9810"), ("1200", "0021"), ("1234", "4321"), ("5090", "0905")],
+}
 
 
 @pytest.mark.parametrize("name", TASKS)
 def test_answers_follow_the_rule_and_score_exact_match(name):
+    """The loaded examples carry the hand-written answers, which score as exact matches."""
     task = get_task(name)
-    for example in task.load("test")[:50]:
-        assert example["answer"] == task.transform(example["digits"])
-        assert task.score(example["answer"] + "<|eot_id|>", example).correct == 1.0
-        assert task.score(" " + example["answer"], example).correct == 1.0
-        assert task.score(example["answer"] + "0", example).correct == 0.0
+    by_digits = {e["digits"]: e for split in task.splits for e in task.load(split)}
+    for digits, answer in HAND_ANSWERS[name]:
+        example = by_digits[digits]
+        assert example["answer"] == answer
+        assert task.score(answer + "<|eot_id|>", example).correct == 1.0
+        assert task.score(" " + answer, example).correct == 1.0
+        assert task.score(answer + "0", example).correct == 0.0
+        assert task.score(digits, example).correct == 0.0  # the copied digits
         assert task.score("", example).correct == 0.0
 
 
 @pytest.mark.parametrize("name", TASKS)
 def test_reward_is_format_plus_per_position_credit(name):
     task = get_task(name)
-    example = {"digits": "1234", "answer": task.transform("1234")}
-    assert task.reward(example["answer"], example).total == 3.25
-    one_wrong = str((int(example["answer"][0]) + 5) % 10) + example["answer"][1:]
+    digits, answer = HAND_ANSWERS[name][2]
+    example = {"digits": digits, "answer": answer}
+    assert task.reward(answer, example).total == 3.25
+    one_wrong = str((int(answer[0]) + 5) % 10) + answer[1:]
     assert task.reward(one_wrong, example).components == {"format": 0.25, "correct": 2.25}
-    assert task.reward(example["answer"][:2], example).components == {"format": 0.0, "correct": 1.5}
+    assert task.reward(answer[:2], example).components == {"format": 0.0, "correct": 1.5}
     assert task.reward("no digits", example).total == 0.0
     assert task.reward("9" * 40_000, example).total == 0.0  # past MAX_COMPLETION_CHARS: not parsed
 

@@ -1,12 +1,12 @@
 """math_verdict: a CPU-time budget, not the machine's load, decides timeouts; timeouts are reported and
 never cached; a stuck or crashed helper is replaced and the check retried."""
 import os
+import pathlib
 import random
+import select
 import signal
 import subprocess
 import sys
-import threading
-import time
 import zlib
 
 import pytest
@@ -27,6 +27,19 @@ def fresh_cache(monkeypatch):
     monkeypatch.setattr(equivalence, "_CACHE", equivalence._Cache(equivalence.CACHE_SIZE))
 
 
+@pytest.fixture
+def helper_checks(monkeypatch) -> list[tuple[str, str]]:
+    """The (gold, pred) of every check that reaches the helpers, in order (test-only: wraps `_HELPER.check`)."""
+    calls, check = [], equivalence._HELPER.check
+
+    def recorded(gold, pred, cpu_budget_s):
+        calls.append((gold, pred))
+        return check(gold, pred, cpu_budget_s)
+
+    monkeypatch.setattr(equivalence._HELPER, "check", recorded)
+    return calls
+
+
 def ready_helpers(timeout_s: float = 120.0) -> equivalence._HelperProcess:
     """The active helper, once it and the standby have imported math-verify (test-only: reaches inside)."""
     warm_up()
@@ -36,33 +49,61 @@ def ready_helpers(timeout_s: float = 120.0) -> equivalence._HelperProcess:
     return equivalence._HELPER._active
 
 
-def test_over_budget_is_a_timeout_that_is_not_cached(fresh_cache):
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat; a zombie keeps its last value)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_over_budget_is_a_timeout_that_is_not_cached(fresh_cache, helper_checks):
     assert screen(SLOW) is None
-    ready_helpers()
+    helper = ready_helpers()
     assert math_verdict("1/2", "0.5") is Verdict.EQUAL
     assert math_verdict("1", SLOW, cpu_budget_s=SMALL_BUDGET_S) is Verdict.TIMED_OUT
-    start = time.process_time(), time.perf_counter()
     assert math_verdict("1", SLOW, cpu_budget_s=SMALL_BUDGET_S) is Verdict.TIMED_OUT
-    assert time.perf_counter() - start[1] >= SMALL_BUDGET_S  # checked again (wall ≥ the helper's CPU time)
-    assert math_verdict("\\frac{1}{3}", "1/3") is Verdict.EQUAL  # the helper answered "timeout" and lives on
+    assert helper_checks.count(("1", SLOW)) == 2  # not cached: the helper checked it again
+    assert equivalence._HELPER._active is helper  # the helper answered "timeout" and lives on
+    assert math_verdict("\\frac{1}{3}", "1/3") is Verdict.EQUAL
     assert math_verdict("3", "4") is Verdict.NOT_EQUAL
 
 
-def test_a_helper_ended_by_the_kernel_cpu_limit_is_a_timeout(fresh_cache):
-    """SIGXCPU (RLIMIT_CPU) ends a check stuck in C code; here it is sent by hand during a long check."""
+def test_a_helper_ended_by_the_kernel_cpu_limit_is_a_timeout(fresh_cache, monkeypatch):
+    """SIGXCPU (RLIMIT_CPU) ends a check stuck in C code; here it is sent by hand once the helper works on the
+    request: after the request is sent, when the idle helper has used 0.05 s more CPU (or, should it answer
+    first, never: the verdict then fails the test)."""
     helper = ready_helpers()
-    pid = helper._process.pid
-    threading.Timer(0.3, os.kill, (pid, signal.SIGXCPU)).start()
+    pid, stdout, read_line = helper._process.pid, helper._process.stdout, helper._read_line
+    idle_s = cpu_seconds(pid)
+
+    def kill_once_busy(timeout_s):  # `ask` waits here for the reply, the request written
+        while not select.select([stdout], [], [], 0.01)[0]:
+            if cpu_seconds(pid) > idle_s + 0.05:
+                os.kill(pid, signal.SIGXCPU)
+                break
+        return read_line(timeout_s)
+
+    monkeypatch.setattr(helper, "_read_line", kill_once_busy)
     assert math_verdict("1", SLOW, cpu_budget_s=30.0) is Verdict.TIMED_OUT
+    assert helper._process.wait(60) == -signal.SIGXCPU
     assert math_verdict("\\sqrt{4}", "2") is Verdict.EQUAL  # the standby took over
 
 
 def test_a_wedged_helper_is_killed_at_the_wall_limit_and_the_check_retried(fresh_cache, monkeypatch):
+    """A stopped helper never answers, so any wall limit expires for it: it gets a short one, and when it is
+    killed the limit returns to its default for the retry, which the standby answers however busy the machine."""
     helper = ready_helpers()
-    monkeypatch.setattr(equivalence, "WALL_LIMIT_S", 3.0)
+    default_limit_s, kill = equivalence.WALL_LIMIT_S, helper.kill
+
+    def kill_and_restore_the_limit():
+        monkeypatch.setattr(equivalence, "WALL_LIMIT_S", default_limit_s)
+        kill()
+
+    monkeypatch.setattr(equivalence, "WALL_LIMIT_S", 0.1)
+    monkeypatch.setattr(helper, "kill", kill_and_restore_the_limit)
     os.kill(helper._process.pid, signal.SIGSTOP)  # uses no CPU, never answers
     assert math_verdict("\\frac{2}{4}", "0.5") is Verdict.EQUAL  # answered by the standby on the retry
-    assert not helper.alive() or helper._process.wait(5) == -signal.SIGKILL
+    assert helper._process.wait(60) == -signal.SIGKILL
+    assert equivalence._HELPER._active not in (helper, None)
 
 
 def test_a_crashed_helper_is_replaced(fresh_cache):
@@ -71,11 +112,11 @@ def test_a_crashed_helper_is_replaced(fresh_cache):
     assert math_verdict("\\frac{3}{6}", "0.5") is Verdict.EQUAL
 
 
-def test_cached_verdicts_are_not_checked_again(fresh_cache):
+def test_cached_verdicts_are_not_checked_again(fresh_cache, helper_checks):
     ready_helpers()
     assert math_verdict("5", "10/2") is Verdict.EQUAL
-    start = time.perf_counter()
-    assert math_verdict("5", "10/2") is Verdict.EQUAL and time.perf_counter() - start < 0.01
+    assert math_verdict("5", "10/2") is Verdict.EQUAL
+    assert helper_checks.count(("5", "10/2")) == 1
 
 
 # --- verdicts on a saturated machine ----------------------------------------------------------------------

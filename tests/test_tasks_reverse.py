@@ -8,9 +8,9 @@ EXAMPLE = {"digits": "1234", "answer": "4321", "demonstration": "1234"}
 
 
 def test_splits_are_disjoint_and_cover_every_string():
-    train, test = get_task("reverse").load("train"), get_task("reverse").load("test")
+    train, validation, test = (get_task("reverse").load(s) for s in ("train", "validation", "test"))
     assert not {ex["digits"] for ex in train} & {ex["digits"] for ex in test}
-    assert len(train) + len(test) == 10_000
+    assert len(train) + len(validation) + len(test) == 10_000
 
 
 def test_reward_gives_partial_credit():

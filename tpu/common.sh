@@ -1,10 +1,15 @@
 # shellcheck shell=bash
-# Shared by the tpu/*.sh scripts (sourced, never run): a declarative flag parser with env-var defaults and
-# generated --help, the run-or-print helper behind --dry-run, and the gcloud/ssh command builders.
+# Shared by the tpu/*.sh scripts (sourced, never run): a declarative flag parser with generated --help, the
+# run-or-print helper behind --dry-run, and the gcloud/ssh command builders.
 #
 # A script sources this file, declares its own flags with `flag`, calls `parse_flags "$@"`, then issues every
 # side effect through `run` (or the `tpu_*` builders that call it), so --dry-run prints exactly the commands a
 # real run would execute, one per line, shell-quoted and fully expanded.
+#
+# Settings are flags. Only the slice-wide ones also read a default from the environment, under DLLM_TPU_* names
+# (DLLM_TPU_PROJECT, DLLM_TPU_ZONE, DLLM_TPU_NAME, DLLM_TPU_REMOTE_DIR, and DLLM_TPU_ACCELERATOR_TYPE for
+# create.sh): every shell variable is set from its flag's default before use, so an unrelated exported CKPT,
+# WORKER, JOB or OUT never changes what a script does.
 
 # shellcheck disable=SC2034  # used by the sourcing scripts
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,37 +18,46 @@ _FLAG_NAMES=()
 _FLAG_VARS=()
 _FLAG_KINDS=()
 _FLAG_HELPS=()
+_FLAG_ENVS=()
 
 die() {
   printf 'error: %s\n' "$*" >&2
   exit 2
 }
 
-# flag NAME VAR KIND DEFAULT HELP: declares --NAME, stored in VAR (env var VAR overrides DEFAULT).
-# KIND: value (--NAME V or --NAME=V), bool (--NAME sets 1; env VAR=1 also works), list (repeatable, no env).
+# flag NAME VAR KIND DEFAULT HELP [ENV]: declares --NAME, stored in VAR, which starts at DEFAULT (or at the
+# value of the environment variable ENV, when ENV is given and set and non-empty; only DLLM_TPU_* names are used).
+# KIND: value (--NAME V or --NAME=V), bool (--NAME sets 1), list (repeatable). VAR itself is never read from
+# the environment, and is not exported to the commands the script runs.
 flag() {
   _FLAG_NAMES+=("$1")
   _FLAG_VARS+=("$2")
   _FLAG_KINDS+=("$3")
   _FLAG_HELPS+=("$5")
+  _FLAG_ENVS+=("${6:-}")
   if [[ $3 == list ]]; then
     declare -ga "$2=()"
   else
-    printf -v "$2" '%s' "${!2:-$4}"
+    local value=$4
+    if [[ -n ${6:-} && -n ${!6:-} ]]; then
+      value=${!6}
+    fi
+    printf -v "$2" '%s' "$value"
   fi
+  export -n "${2?}"
 }
 
 usage() {
-  local i default
-  printf 'Usage: tpu/%s [flags]\n\n%s\n\nFlags (environment variable in brackets; its value is the default):\n' \
-    "$(basename "$0")" "$DESCRIPTION"
+  local i note
+  printf 'Usage: tpu/%s [flags]\n\n%s\n\nFlags:\n' "$(basename "$0")" "$DESCRIPTION"
   for i in "${!_FLAG_NAMES[@]}"; do
+    note=
     case ${_FLAG_KINDS[i]} in
-      value) default=" [${_FLAG_VARS[i]}=${!_FLAG_VARS[i]}]" ;;
-      bool) default=" [or ${_FLAG_VARS[i]}=1]" ;;
-      list) default=" (repeatable)" ;;
+      value) [[ -n ${!_FLAG_VARS[i]} ]] && note=" [default: ${!_FLAG_VARS[i]}]" ;;
+      list) note=" (repeatable)" ;;
     esac
-    printf '  --%-22s %s%s\n' "${_FLAG_NAMES[i]}" "${_FLAG_HELPS[i]}" "$default"
+    [[ -n ${_FLAG_ENVS[i]} ]] && note+=" [env ${_FLAG_ENVS[i]}]"
+    printf '  --%-22s %s%s\n' "${_FLAG_NAMES[i]}" "${_FLAG_HELPS[i]}" "$note"
   done
   printf '  --%-22s %s\n' "help" "this text"
 }
@@ -91,13 +105,16 @@ parse_flags() {
   done
 }
 
-# require VAR...: fails with the flag name when a required setting is empty.
+# require VAR...: fails with the flag name (and its environment variable, if any) when a setting is empty.
 require() {
   local var i
   for var; do
     if [[ -z ${!var} ]]; then
       for i in "${!_FLAG_VARS[@]}"; do
-        [[ ${_FLAG_VARS[i]} == "$var" ]] && die "--${_FLAG_NAMES[i]} (or env $var) is required"
+        if [[ ${_FLAG_VARS[i]} == "$var" ]]; then
+          [[ -n ${_FLAG_ENVS[i]} ]] && die "--${_FLAG_NAMES[i]} (or env ${_FLAG_ENVS[i]}) is required"
+          die "--${_FLAG_NAMES[i]} is required"
+        fi
       done
       die "$var is required"
     fi
@@ -162,13 +179,16 @@ tpu_scp() {
 }
 
 # Remote layout: the repository in REMOTE_DIR (relative to the workers' home, where ssh commands start), its
-# virtual environment in REMOTE_DIR/.venv, and one JOB.log / JOB.pid per background job in REMOTE_DIR.
+# virtual environment in REMOTE_DIR/.venv, and per background job JOB.log (its output), JOB.pid (its process
+# group) and, once it has ended, JOB.exit (its exit status) in REMOTE_DIR. Relative paths given to the remote
+# commands (--stage-dir, --results-dir, --scratch, a non-gs:// --workdir) are relative to REMOTE_DIR.
 # shellcheck disable=SC2034  # used by the sourcing scripts
 REMOTE_PYTHON=.venv/bin/python
 
 # repo_flags: declares --remote-dir, for the scripts that work inside the repository on the workers.
 repo_flags() {
-  flag remote-dir REMOTE_DIR value dllm_rl "repository folder on the workers, relative to the home directory"
+  flag remote-dir REMOTE_DIR value dllm_rl "repository folder on the workers, relative to the home directory" \
+    DLLM_TPU_REMOTE_DIR
 }
 
 # in_repo COMMAND_LINE: the command line run from the repository folder on the worker.
@@ -183,16 +203,10 @@ stage_cmd() {
     "$(q gcloud storage rsync --recursive --delete-unmatched-destination-objects "$1" "$2")"
 }
 
-# background JOB COMMAND_LINE: starts COMMAND_LINE in the repository folder, detached from ssh, logging to
-# JOB.log, with its process-group id in JOB.pid (tpu/stop.sh signals the group, tpu/logs.sh tails the log).
-background() {
-  in_repo "{ setsid nohup $2 > $(quote "$1.log") 2>&1 < /dev/null & echo \$! > $(quote "$1.pid"); }"
-}
-
 # job_flags DEFAULT_JOB: declares the flags naming a background job on the workers.
 job_flags() {
   repo_flags
-  flag job JOB value "$1" "job name: its log and pid files are REMOTE_DIR/JOB.log and JOB.pid on each worker"
+  flag job JOB value "$1" "job name: its files on each worker are REMOTE_DIR/JOB.log, JOB.pid and JOB.exit"
 }
 
 # launch_flags DEFAULT_JOB: declares the flags of a program started in the background on the workers.
@@ -200,6 +214,8 @@ launch_flags() {
   job_flags "$1"
   flag stage-dir STAGE_DIR value "/tmp/dllm_rl_$1_model" \
     "mirror the gs:// model folder into this worker-local folder first, read it there (empty: read it in place)"
+  flag compilation-cache COMPILATION_CACHE value "" \
+    "persistent XLA compilation cache folder, passed as --compilation_cache (e.g. gs://BUCKET/xla_cache)"
   flag env JOB_ENV list "" "KEY=VALUE environment variable for the program, e.g. LIBTPU_INIT_ARGS=..."
 }
 
@@ -208,25 +224,26 @@ model_input() {
   printf '%s' "${STAGE_DIR:-$1}"
 }
 
-# staged_background JOB GCS_DIR COMMAND_LINE: copies the model folder to --stage-dir first (in the foreground,
-# so a failed copy fails the script), then starts COMMAND_LINE with `background`.
-staged_background() {
+# launch JOB GCS_DIR COMMAND_LINE: the remote command line that, in the repository folder, copies the model
+# folder GCS_DIR to --stage-dir (in the foreground, so a failed copy fails the script), then starts COMMAND_LINE
+# detached from ssh (setsid nohup): output to JOB.log, process-group id to JOB.pid (tpu/stop.sh signals the
+# group, tpu/logs.sh tails the log), exit status to JOB.exit when it ends. The wrapping bash traps SIGTERM
+# (`trap :`, which the program does not inherit) so that it outlives the signal and records the program's status.
+launch() {
+  local stage=
   if [[ -n $STAGE_DIR ]]; then
-    printf '%s && ' "$(stage_cmd "$2" "$STAGE_DIR")"
+    stage="$(stage_cmd "$2" "$STAGE_DIR") && "
   fi
-  background "$1" "$3"
+  in_repo "$stage$(q rm -f "$1.exit") && { setsid nohup $(q bash -c "trap : TERM; $3; echo \$? > $(quote "$1.exit")") > $(quote "$1.log") 2>&1 < /dev/null & echo \$! > $(quote "$1.pid"); }"
 }
 
-# python_cmd ARGS...: the workers' Python (with the --env variables) as one quoted command line.
+# python_cmd ARGS...: the workers' Python, unbuffered (so JOB.log shows each line as it is printed) and with the
+# --env variables, as one quoted command line.
 python_cmd() {
-  if ((${#JOB_ENV[@]})); then
-    q env "${JOB_ENV[@]}" "$REMOTE_PYTHON" "$@"
-  else
-    q "$REMOTE_PYTHON" "$@"
-  fi
+  q env PYTHONUNBUFFERED=1 "${JOB_ENV[@]}" "$REMOTE_PYTHON" "$@"
 }
 
-flag project PROJECT value "" "Google Cloud project"
-flag zone ZONE value "" "zone of the TPU (e.g. us-east5-a for v5p, us-west4-a for v5e)"
-flag tpu-name TPU_NAME value "" "TPU VM (node) name"
+flag project PROJECT value "" "Google Cloud project" DLLM_TPU_PROJECT
+flag zone ZONE value "" "zone of the TPU (e.g. us-east5-a for v5p, us-west4-a for v5e)" DLLM_TPU_ZONE
+flag tpu-name TPU_NAME value "" "TPU VM (node) name" DLLM_TPU_NAME
 flag dry-run DRY_RUN bool 0 "print the commands, one per line, instead of running them"

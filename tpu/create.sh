@@ -6,7 +6,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DESCRIPTION="Creates a TPU VM (or a queued resource holding one) for dllm_rl."
 
-flag accelerator-type ACCELERATOR_TYPE value v5p-8 "TPU type, e.g. v5p-8 (1 host, 4 chips), v5litepod-16 (4 hosts, 16 chips)"
+flag accelerator-type ACCELERATOR_TYPE value v5p-8 \
+  "TPU type, e.g. v5p-8 (1 host, 4 chips), v5litepod-8 (1 host, 8 chips), v5p-16 (2 hosts, 8 chips)" \
+  DLLM_TPU_ACCELERATOR_TYPE
 flag runtime-version RUNTIME_VERSION value "" "TPU software version (default: v2-alpha-tpuv6e / -tpuv5 / -tpuv5-lite / tpu-ubuntu2204-base by generation)"
 flag queued-resource QUEUED_RESOURCE value "" "create through a queued resource of this name (recommended for large slices)"
 flag spot SPOT bool 0 "Spot capacity (preemptible; the trainer checkpoints on SIGTERM)"

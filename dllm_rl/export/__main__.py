@@ -18,6 +18,7 @@ import os
 import sys
 
 from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
+from dllm_rl.cli import use_cpu
 from dllm_rl.export import check_writable, export_hf, export_peft
 from dllm_rl.export.peft import ADAPTER_CONFIG, load_peft
 from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE, parse_size
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base_model", default="", help="base_model_name_or_path written into adapter_config.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
     args = parser.parse_args(argv)
+    use_cpu()
     try:
         print(run(args))
     except (CheckpointError, ConfigError) as e:
@@ -122,6 +124,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments.cli import run_main  # one-line user errors, quiet third-party logging
+    from dllm_rl.cli import run_main  # one-line user errors, quiet third-party logging
 
     run_main(main)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dllm_rl import paths
 from dllm_rl.checkpoint.hf import CheckpointError, get_path, set_path
 from dllm_rl.checkpoint.orbax import PARAMS_DIR
 from dllm_rl.models.llada import LLaDAConfig
@@ -33,7 +34,8 @@ def tree_reader(params: Any) -> LeafReader:
 
 
 def _latest_step(directory: str, what: str) -> int:
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    folder = paths.absolute(directory)
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
     if not steps:
         raise CheckpointError(f"{directory}: holds no finished checkpoint step; {what}")
     return max(steps)
@@ -95,19 +97,20 @@ def read_model_dir(model_dir: str) -> tuple[LLaDAConfig, dict, LeafReader]:
 
 
 def trainer_state_dir(path: str, step: int | None = None) -> str:
-    """The `state` item of a trainer checkpoint, given the workdir, its checkpoints/ folder or one step folder."""
-    for candidate in (path, os.path.join(path, CHECKPOINT_DIR)):
-        if os.path.isdir(os.path.join(candidate, STATE_ITEM)):
+    """The `state` item of a trainer checkpoint, given the workdir, its checkpoints/ folder or one step folder
+    (local or gs://)."""
+    for candidate in (paths.absolute(path), paths.absolute(path) / CHECKPOINT_DIR):
+        if (candidate / STATE_ITEM).is_dir():
             if step is not None:
                 raise CheckpointError(f"{path}: is one step's folder already; drop --step or pass the workdir")
-            return os.path.join(candidate, STATE_ITEM)
-        if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
-            chosen = _latest_step(candidate, "") if step is None else step
-            state = os.path.join(candidate, str(chosen), STATE_ITEM)
-            if not os.path.isdir(state):
-                raise CheckpointError(f"{state}: no such checkpoint; steps present: "
-                                      f"{sorted(int(d) for d in os.listdir(candidate) if d.isdigit())}")
-            return state
+            return os.fspath(candidate / STATE_ITEM)
+        present = sorted(int(p.name) for p in candidate.iterdir() if p.name.isdigit()) if candidate.is_dir() else []
+        if present:
+            chosen = max(present) if step is None else step
+            state = candidate / str(chosen) / STATE_ITEM
+            if not state.is_dir():
+                raise CheckpointError(f"{state}: no such checkpoint; steps present: {present}")
+            return os.fspath(state)
     raise CheckpointError(f"{path}: not a trainer workdir, checkpoints/ folder or step folder (no "
                           f"{CHECKPOINT_DIR}/<step>/{STATE_ITEM}); pass --lora_dir W or W/{CHECKPOINT_DIR}")
 
@@ -117,22 +120,22 @@ class TrainerCheckpoint:
 
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
-        self._metadata = _metadata(state_dir)
-        if "trainable" not in self._metadata:
+        self.metadata = _metadata(state_dir)
+        if "trainable" not in self.metadata:
             raise CheckpointError(f"{state_dir}: no 'trainable' entry; not a dllm_rl trainer checkpoint")
-        self.is_lora = "embed" not in self._metadata["trainable"]
-        self.has_base = "base" in self._metadata
+        self.is_lora = "embed" not in self.metadata["trainable"]
+        self.has_base = "base" in self.metadata
 
     def adapters(self) -> dict:
         if not self.is_lora:
             raise CheckpointError(f"{self.state_dir}: holds fully fine-tuned params, not LoRA adapters; "
                                   "export it with --format hf")
-        return _restore(self.state_dir, {"trainable": _abstract(self._metadata["trainable"])})["trainable"]
+        return _restore(self.state_dir, {"trainable": _abstract(self.metadata["trainable"])})["trainable"]
 
     def reader(self, key: str) -> LeafReader:
         """Leaf reader of the saved 'base' or (full fine-tuning) 'trainable' params."""
         def read(path: tuple[str, ...]) -> np.ndarray:
             target: dict = {}
-            set_path(target, (key, *path), _abstract(get_path(self._metadata, (key, *path))))
+            set_path(target, (key, *path), _abstract(get_path(self.metadata, (key, *path))))
             return get_path(_restore(self.state_dir, target), (key, *path))
         return read

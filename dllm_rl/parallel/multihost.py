@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -20,25 +20,41 @@ from jax.experimental import multihost_utils
 
 from dllm_rl import paths
 
-# Set on the VMs of a multi-host Cloud TPU slice (comma-separated worker names); one name means a single host.
-TPU_HOSTS_ENV = "TPU_WORKER_HOSTNAMES"
 
 
-def wants_distributed(coordinator_address: str | None, distributed: bool,
-                      environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether to call `jax.distributed.initialize`: explicit flags, `--distributed`, or a multi-host TPU VM."""
-    return bool(coordinator_address) or distributed or len(environ.get(TPU_HOSTS_ENV, "").split(",")) > 1
+def on_cloud_tpu_vm() -> bool:
+    """Whether this process runs on a Cloud TPU VM, by JAX's own test (evaluated when `jax` is imported: libtpu is
+    installed and the machine has TPU chips on its PCI bus), so nothing touches a backend."""
+    from jax._src import cloud_tpu_init  # private, but the flag JAX's own TPU cluster detection reads
+
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-    """`jax.distributed.initialize` with the given arguments (None: auto-detected on TPU, Slurm, Open MPI).
+def wants_distributed(coordinator_address: str | None, distributed: bool, tpu_vm: bool | None = None) -> bool:
+    """Whether to start JAX's distributed runtime: explicit flags, `--distributed`, or any Cloud TPU VM (single or
+    multi-host: Orbax's checkpoints and the cross-host gathers need the distributed client)."""
+    return bool(coordinator_address) or distributed or (on_cloud_tpu_vm() if tpu_vm is None else tpu_vm)
 
-    Turns on gloo collectives first, so processes of fake CPU devices form one mesh (only CPU uses the
-    setting). Must run before anything touches a JAX backend.
-    """
+
+def start(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+          distributed: bool = False) -> bool:
+    """Starts JAX's distributed runtime when `wants_distributed` (before anything touches a device) and says
+    whether it did. Missing arguments are found by JAX's cluster detection: a Cloud TPU VM's metadata server,
+    Slurm, Open MPI, GKE. gloo collectives are turned on first, so processes of fake CPU devices form one mesh
+    (only CPU reads the setting)."""
+    if not wants_distributed(coordinator_address, distributed):
+        return False
+    if jax.distributed.is_initialized():
+        return True
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return True
+
+
+def describe() -> str:
+    """One line naming this process's place in the job: process index and count, local and global devices."""
+    return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local devices, "
+            f"{jax.device_count()} global devices ({jax.devices()[0].device_kind})")
 
 
 def is_primary() -> bool:
@@ -50,6 +66,13 @@ def sync(name: str) -> None:
     """A barrier across processes (no-op with one)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (one small all-gather; every process must call it at the same point)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
 def local_rows(sharding: jax.sharding.Sharding, num_rows: int) -> slice:
@@ -120,3 +143,21 @@ def shared_directory(out_dir: str) -> Iterator[str]:
             out_path.rmtree()
         tmp_path.rename(out_path)
     sync(f"renamed {tmp_path}")
+
+
+def main(argv=None) -> int:
+    """`python -m dllm_rl.parallel.multihost [--distributed]`: starts JAX the way the trainer does and prints
+    `describe()` (tpu/setup.sh runs it on every worker: each host must see every chip of the slice)."""
+    from dllm_rl import cli
+
+    parser = cli.make_parser(main.__doc__)
+    cli.add_distributed_flags(parser)
+    cli.start_distributed(parser.parse_args(argv), parser)
+    print(describe(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from dllm_rl.cli import run_main
+
+    run_main(main)

@@ -83,6 +83,9 @@ class ModelSource:
 class TrainConfig:
     """The run: task, batching, optimizer, evaluation, checkpointing, optional SFT warm start.
 
+    Every `eval_every` steps (0: never) the policy is evaluated on `eval_examples` examples of `eval_split`
+    (default: the task's evaluation split), drawn with `eval_sample_seed` (None: the whole split).
+
     Defaults follow the released GSM8K train.yaml (lr 5e-6 cosine, warmup 1 %, AdamW β=(0.9, 0.99), weight
     decay 0.01, clip 1.0, 2 micro-batches of one prompt group each per step, seed 333).
     """
@@ -106,7 +109,8 @@ class TrainConfig:
     adam_b2: float = 0.99
     max_grad_norm: float = 1.0
     eval_every: int = 0
-    eval_examples: int = 64
+    eval_examples: int | None = 64
+    eval_sample_seed: int = 0
     eval_batch_size: int = 8
     checkpoint_every: int = 15
     keep_checkpoints: int = 2
@@ -124,7 +128,9 @@ class TrainConfig:
         for name in ("num_steps", "prompts_per_micro_batch", "grad_accum", "max_prompt_length", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise TrainError(f"TrainConfig.{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("eval_every", "eval_examples", "checkpoint_every", "sft_steps"):
+        if self.eval_examples is not None and self.eval_examples < 1:
+            raise TrainError(f"TrainConfig.eval_examples must be ≥ 1 (None: the whole split), got {self.eval_examples}")
+        for name in ("eval_every", "checkpoint_every", "sft_steps"):
             if getattr(self, name) < 0:
                 raise TrainError(f"TrainConfig.{name} must be ≥ 0, got {getattr(self, name)}")
 
@@ -166,10 +172,12 @@ class ExperimentConfig:
             except ValueError as e:
                 raise TrainError(str(e)) from None
 
-    def validate(self) -> None:
-        """All cross-field checks, before any model is loaded or compiled."""
+    def validate(self, check_model: bool = True) -> None:
+        """All cross-field checks, before any model is loaded or compiled (`check_model`: also that the model and
+        tokenizer folders exist)."""
         self.train.validate()
-        self.model.validate()
+        if check_model:
+            self.model.validate()
         try:
             get_task(self.train.task)
         except KeyError as e:

@@ -11,11 +11,14 @@ process samples its share of each batch, then gets all rows and grades them all 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from dllm_rl import paths
 from dllm_rl.parallel import multihost
 from dllm_rl.sampling import SamplerConfig, generate
 from dllm_rl.tasks import Score, Task, render_prompts
@@ -71,3 +74,35 @@ def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dic
     return [Graded(prompt, text, task.score(text, ex), task.score(text, ex, strict=True) if strict else None,
                    task.reward(text, ex, style=reward_style).total if reward_style else None)
             for prompt, text, ex in zip(prompts, completions, examples)]
+
+
+def select(num_examples: int, count: int | None, seed: int) -> list[int]:
+    """Indices of the examples an evaluation scores: all of them when `count` is None or covers the split, else
+    `count` drawn without replacement by `seed` (sorted), so every run that names the same count and seed scores
+    the same examples, whatever else differs between them."""
+    if count is None or count >= num_examples:
+        return list(range(num_examples))
+    return sorted(np.random.default_rng(seed).choice(num_examples, size=count, replace=False).tolist())
+
+
+def records(task: Task, examples: Sequence[dict], indices: Sequence[int], graded: Sequence[Graded]) -> list[dict]:
+    """One JSON-ready row per evaluated example (its index in the split, prompt, completion, reference, the
+    extracted answer and correctness, and the strict score and training reward when graded)."""
+    rows = []
+    for index, example, g in zip(indices, examples, graded):
+        row = {"index": int(index), "prompt": g.prompt, "completion": g.completion,
+               "reference": task.reference_answer(example), "extracted": g.score.extracted,
+               "correct": g.score.correct}
+        if g.strict is not None:
+            row.update(extracted_strict=g.strict.extracted, correct_strict=g.strict.correct)
+        if g.reward is not None:
+            row["reward"] = g.reward
+        rows.append(row)
+    return rows
+
+
+def write_records(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """`rows` as JSON lines at `path` (local or gs://), replaced atomically."""
+    target = paths.absolute(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    paths.replace_bytes(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())

@@ -18,9 +18,9 @@ and the loop all read the one run's state held by `Trainer`; the pure pieces liv
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-import signal
 import time
 from typing import Iterator, Sequence
 
@@ -30,7 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from dllm_rl import metrics as metrics_lib, paths, plots
+from dllm_rl import metrics as metrics_lib, paths, plots, progress as progress_lib
 from dllm_rl.atomic import atomic_directory
 from dllm_rl.checkpoint import copy_side_files, save_orbax
 from dllm_rl.export import export_peft
@@ -39,6 +39,7 @@ from dllm_rl.parallel import mesh as mesh_lib, multihost
 from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, rewards, steps, train_state
 from dllm_rl.rl.config import ExperimentConfig, TrainError
 from dllm_rl.rl.optimizer import make_optimizer, make_sft_optimizer
+from dllm_rl.rl.stopping import StopRequest
 from dllm_rl.sampling import generate
 from dllm_rl.tasks import get_task, make_dataset, render_prompts
 from dllm_rl.tokenizer import Tokenizer
@@ -51,12 +52,15 @@ LOSS_METRICS = ("clip_fraction", "ratio_mean", "kl", "importance_weight_mean", "
                 "logp_mismatch_max")
 # Timing metrics differ between otherwise identical runs; everything else in a metrics row is reproducible.
 TIMING_KEYS = ("rollout_seconds", "loss_seconds", "step_seconds", "tokens_per_second", "eval_seconds")
+PROFILE_DIR = "profile"  # W/profile: the profiler trace of `train(profile_steps=...)`
+EVAL_DIR = "eval"  # W/eval/step_<k>.jsonl: every in-run evaluation's per-example completions and scores
 
 
 class Trainer:
     """Holds the loaded model, tokenizer, task, optimizer and mesh for one run in `workdir`."""
 
-    def __init__(self, cfg: ExperimentConfig, workdir: str | os.PathLike):
+    def __init__(self, cfg: ExperimentConfig, workdir: str | os.PathLike,
+                 wandb: metrics_lib.WandbOptions | None = None):
         cfg.validate()
         self.cfg = cfg
         self.train_cfg = cfg.train
@@ -75,7 +79,8 @@ class Trainer:
         self._rl_key, self._sft_key, self._lora_key, self._eval_key = jax.random.split(key, 4)
         self.base_params = params
         self.tx, self.schedule = make_optimizer(cfg.train)
-        self.stop_requested = False
+        self.stop = StopRequest()
+        self.metrics_options = {"wandb": wandb, "config": _flat_config(cfg) if wandb else None}
 
     # ---- layout on the mesh (MeshConfig.rules) ---------------------------------------------------------------
 
@@ -128,7 +133,11 @@ class Trainer:
         opt_state = mesh_lib.replicate_off_mesh(tx.init(params), self.mesh)
         data = self._dataset(tc.seed + 1)
         eos = self.tokenizer.eos_token_id
+        if not progress:
+            progress_lib.say(f"SFT warm start: {tc.sft_steps} steps")
         for i in tqdm(range(tc.sft_steps), desc="SFT warm start", disable=not progress):
+            if self.stop.agreed():
+                raise _Stopped(f"stopped during the SFT warm start (step {i} of {tc.sft_steps}); nothing was saved")
             examples = [next(data) for _ in range(tc.sft_batch_size)]
             prompt_ids, prompt_mask = self._encode(examples)
             answers = np.full((len(examples), length), eos, np.int32)
@@ -141,24 +150,36 @@ class Trainer:
                                                     model_config=self.model_config, tx=tx)
         return params
 
+    @functools.cached_property
+    def eval_set(self) -> tuple[list[int], list[dict]]:
+        """(indices in the eval split, examples) that every in-run evaluation scores: `eval_examples` of
+        `eval_split` drawn with `eval_sample_seed` (`rl.evaluate.select`; None: the whole split)."""
+        tc = self.train_cfg
+        split = self.task.load(tc.eval_split or self.task.default_eval_split)
+        indices = eval_lib.select(len(split), tc.eval_examples, tc.eval_sample_seed)
+        return indices, [split[i] for i in indices]
+
     def grade(self, sampling_params) -> list[eval_lib.Graded]:
-        """Per-example held-out evaluation (`rl.evaluate`) of the first `eval_examples` of the eval split.
+        """Per-example held-out evaluation (`rl.evaluate`) of the examples of `eval_set`.
 
         Greedy by default (the papers' protocol); an `eval_sampler` with temperature > 0 samples with the same
         key at every evaluation, so evaluations differ only through the policy. Prompts are padded to the
-        longest eval prompt, as `experiments.eval` pads them, so both give the same completions.
+        longest of these prompts, as `experiments.eval` pads them, so both give the same completions.
         """
         tc = self.train_cfg
-        examples = list(self.task.load(tc.eval_split or self.task.default_eval_split)[: tc.eval_examples])
-        return eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, examples,
+        return eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, self.eval_set[1],
                                  self.cfg.eval_sampler or eval_lib.greedy(self.cfg.rollout),
                                  batch_size=tc.eval_batch_size, prompt_style=tc.prompt_style,
                                  reward_style=tc.reward_style, rng=self._eval_key, mesh=self.mesh)
 
-    def evaluate(self, sampling_params) -> dict[str, float]:
-        """Held-out mean training reward, task accuracy and the count of grading timeouts (`grade`)."""
+    def evaluate(self, sampling_params, step: int | None = None) -> dict[str, float]:
+        """Held-out mean training reward, task accuracy and the count of grading timeouts (`grade`); with `step`,
+        process 0 also writes each example's completion and score to W/eval/step_<step>.jsonl."""
         start = time.perf_counter()
         graded = self.grade(sampling_params)
+        if step is not None and multihost.is_primary():
+            eval_lib.write_records(os.path.join(self.workdir, EVAL_DIR, f"step_{step}.jsonl"),
+                                   eval_lib.records(self.task, self.eval_set[1], self.eval_set[0], graded))
         return {"eval_reward_mean": float(np.mean([g.reward for g in graded])),
                 "eval_accuracy": float(np.mean([g.score.correct for g in graded])),
                 "eval_timeouts": float(sum(g.score.timed_out for g in graded)),
@@ -224,6 +245,7 @@ class Trainer:
         kw = dict(model_config=self.model_config, config=cfg)
         llada_sampler = dataclasses.replace(self.cfg.rollout, record=False, early_stop=False)
         for i, examples in enumerate(examples_per_micro):
+            self._check_stop()
             roll_key, mask_key = jax.random.split(jax.random.fold_in(key, i))
             ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key, llada_sampler,
                                                                  keep_last=cfg.prompt_keep_last)
@@ -248,6 +270,7 @@ class Trainer:
         """One optimizer update from the averaged gradients of every micro-batch."""
         grad_sum, infos = None, []
         for i, ex in enumerate(micro_examples):
+            self._check_stop()
             grads, info = self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i))
             grad_sum = _add(grad_sum, grads)
             del grads  # summed: free it before the next micro-batch's backward pass
@@ -315,8 +338,31 @@ class Trainer:
             trainable = self.place_lora(trainable)
         return trainable, frozen, mesh_lib.replicate_off_mesh(self.tx.init(trainable), self.mesh)
 
-    def train(self, progress: bool = True) -> list[dict]:
-        """Runs (or resumes) the training loop; returns the metric rows written by this call."""
+    def train(self, progress: bool = True, profile_steps: tuple[int, int] | None = None) -> list[dict]:
+        """Runs (or resumes) the training loop; returns the metric rows written by this call.
+
+        Without progress bars each step prints one flushed line (`progress.StepLog`). SIGTERM to any process stops
+        every process at the same point (`rl.stopping`): before a step's next micro-batch (the unfinished step is
+        dropped and redone on resume) or at a step end; the last finished step is then checkpointed and the call
+        returns with `self.stopped` set. `profile_steps=(a, b)` records a JAX profiler trace of steps a..b into
+        W/profile (TensorBoard's profile tab or Perfetto read it).
+        """
+        with self.stop:
+            try:
+                return self._train(progress, profile_steps)
+            except _Stopped as stopped:
+                progress_lib.say(str(stopped))
+                return []
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.agreed()
+
+    def _check_stop(self) -> None:
+        if self.stop.agreed():
+            raise _StepAbandoned
+
+    def _train(self, progress: bool, profile_steps: tuple[int, int] | None) -> list[dict]:
         tc, lora, needs_ref = self.train_cfg, self.cfg.lora, bool(self.cfg.algorithm_config.beta)
         manager = train_state.checkpoint_manager(os.path.join(self.workdir, train_state.CHECKPOINT_DIR),
                                                  tc.keep_checkpoints)
@@ -339,31 +385,55 @@ class Trainer:
                 frozen = base if lora is not None else None
         self.base_params = base if (lora is not None or needs_ref) else None
         checkpointed_base = self.base_params if keep_base else None
-        rows = []
-        with metrics_lib.MetricsWriter(self.workdir, resume_step=restored_step, active=multihost.is_primary()
-                                       ) as writer, _StopOnSigterm(self):
+
+        def save(step, data_state):
+            train_state.save(manager, step, trainable, opt_state, data_state, checkpointed_base)
+
+        rows, start_step = [], restored_step or 0
+        log = progress_lib.StepLog(start_step, tc.num_steps)
+        if not progress:
+            progress_lib.say(f"RL: steps {start_step + 1}..{tc.num_steps}" +
+                             (f" (resumed from the step-{restored_step} checkpoint)" if restored_step else ""))
+        profiler = _Profiler(os.path.join(self.workdir, PROFILE_DIR), profile_steps)
+        with metrics_lib.MetricsWriter(self.workdir, resume_step=restored_step, active=multihost.is_primary(),
+                                       **self.metrics_options) as writer:
             if restored_step is None:
-                train_state.save(manager, 0, trainable, opt_state, data.get_state(), checkpointed_base)
+                save(0, data.get_state())
                 if tc.eval_every:
-                    rows.append(writer.write(0, self.evaluate(steps.sampling_params(trainable, frozen, lora))))
-            start_step = restored_step or 0
+                    rows.append(writer.write(0, self.evaluate(steps.sampling_params(trainable, frozen, lora), 0)))
             bar = tqdm(range(start_step + 1, tc.num_steps + 1), desc="RL", disable=not progress,
                        initial=start_step, total=tc.num_steps)
             for step in bar:
-                trainable, opt_state, info = self._step(step, trainable, frozen, opt_state, data)
+                data_state = data.get_state()  # before this step's examples: an abandoned step is redone from here
+                profiler.before(step)
+                try:
+                    new_trainable, opt_state, info = self._step(step, trainable, frozen, opt_state, data)
+                except _StepAbandoned:
+                    if manager.latest_step() != step - 1:
+                        save(step - 1, data_state)
+                    progress_lib.say(f"stopped before finishing step {step}: step {step - 1} is checkpointed; "
+                                     "run the same command again to resume")
+                    break
+                finally:
+                    profiler.after(step)
+                trainable = new_trainable
                 if tc.eval_every and (step % tc.eval_every == 0 or step == tc.num_steps):
-                    info.update(self.evaluate(steps.sampling_params(trainable, frozen, lora)))
+                    info.update(self.evaluate(steps.sampling_params(trainable, frozen, lora), step))
                 rows.append(writer.write(step, info))
                 bar.set_postfix(reward=f"{info['reward_mean']:.3f}")
-                if self.stop_requested or step == tc.num_steps or (tc.checkpoint_every
-                                                                   and step % tc.checkpoint_every == 0):
-                    train_state.save(manager, step, trainable, opt_state, data.get_state(), checkpointed_base)
-                if self.stop_requested:
+                if not progress:
+                    log.emit(step, info)
+                stopping = self.stop.agreed()
+                if stopping or step == tc.num_steps or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+                    save(step, data.get_state())
+                if stopping:
+                    progress_lib.say(f"stopped after step {step}, checkpointed; run the same command again to resume")
                     break
+        profiler.close()
         manager.close()
         if multihost.is_primary():
             plots.plot_run(self.workdir)
-        if tc.export_final_model and not self.stop_requested:
+        if tc.export_final_model and not self.stopped:
             self.export_final(trainable, frozen)
         self.trainable, self.frozen = trainable, frozen
         return rows
@@ -420,23 +490,40 @@ def _as_train_error(check, *args) -> None:
         raise TrainError(str(e)) from None
 
 
-class _StopOnSigterm:
-    """Context manager: SIGTERM sets `trainer.stop_requested`; the loop then saves a checkpoint and returns."""
+def _flat_config(cfg: ExperimentConfig) -> dict:
+    """The experiment's fields as one flat dict ('train.learning_rate': 5e-06, ...), for W&B's run config."""
+    flat = {}
+    for part in dataclasses.fields(cfg):
+        value = getattr(cfg, part.name)
+        if dataclasses.is_dataclass(value):
+            flat.update({f"{part.name}.{k}": v for k, v in dataclasses.asdict(value).items()})
+    return flat
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.previous = None
 
-    def __enter__(self):
-        def handler(signum, frame):
-            self.trainer.stop_requested = True
+class _Stopped(Exception):
+    """Every process agreed to stop where no checkpoint can be written (the SFT warm start)."""
 
-        try:
-            self.previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: no signal handling
-            self.previous = None
-        return self
 
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+class _StepAbandoned(Exception):
+    """Every process agreed to stop before the current step's update: the step is dropped and redone on resume."""
+
+
+class _Profiler:
+    """A JAX profiler trace from before step `a` to after step `b` of `steps=(a, b)` (nothing when None)."""
+
+    def __init__(self, directory: str, steps: tuple[int, int] | None):
+        self.directory, self.steps, self.active = directory, steps, False
+
+    def before(self, step: int) -> None:
+        if self.steps and step == self.steps[0]:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, step: int) -> None:
+        if self.active and step >= self.steps[1]:
+            self.close()
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False

@@ -1,8 +1,9 @@
 """Digit-string tasks: small procedural tasks for the embedded CPU demo (no downloads, seconds per step).
 
 A `DigitStringTask` prompts "<verb> <digits>" for every string of `num_digits` decimal digits; the answer is
-`transform(digits)`. Train and test strings are disjoint (split by a hash of the string, deterministic), so
-held-out reward measures a learned rule rather than memorised pairs. Reward: 0.25 if the completion starts with
+`transform(digits)`. The train, validation and test strings are disjoint (split by a hash of the string,
+deterministic: about 70 / 10 / 20 %), so held-out reward measures a rule applied to strings never trained on
+(string-level disjointness: every position-digit pair still occurs in training). Tune on validation; report test. Reward: 0.25 if the completion starts with
 exactly `num_digits` digits, plus 3.0 × the fraction of positions right (partial credit, as Sudoku's reward),
 so the maximum is 3.25. Score: exact match of the completion's leading digits.
 
@@ -18,6 +19,7 @@ import re
 from dllm_rl.tasks.base import Example, Messages, RewardBreakdown, Score, Task, check_style, too_long
 
 _TEST_FRACTION_PERCENT = 20
+_VALIDATION_FRACTION_PERCENT = 10
 _LEADING_DIGITS = re.compile(r"\s*(\d+)")
 
 
@@ -31,8 +33,14 @@ def chosen(digits: str, percent: int) -> bool:
     return hash_byte(digits, 1) * 100 < 256 * percent
 
 
-def _is_test(digits: str) -> bool:
-    return hash_byte(digits, 0) * 100 < 256 * _TEST_FRACTION_PERCENT
+def split_of(digits: str) -> str:
+    """'test' for about 20 % of the strings, 'validation' for about 10 %, else 'train' (by hash byte 0)."""
+    percent_scaled = hash_byte(digits, 0) * 100
+    if percent_scaled < 256 * _TEST_FRACTION_PERCENT:
+        return "test"
+    if percent_scaled < 256 * (_TEST_FRACTION_PERCENT + _VALIDATION_FRACTION_PERCENT):
+        return "validation"
+    return "train"
 
 
 def _answer_digits(completion: str) -> str:
@@ -43,7 +51,7 @@ def _answer_digits(completion: str) -> str:
 class DigitStringTask(Task):
     """Subclasses set `name`, `verb`, `num_digits` and implement `transform` and `demonstration`."""
 
-    splits = ("train", "test")
+    splits = ("train", "validation", "test")
     reward_bounds_by_style = {"agrpo": (0.0, 3.25), "d1": (0.0, 3.25)}  # both styles: 0.25 format + 3.0 × accuracy
     verb: str = ""
     num_digits: int = 4
@@ -60,7 +68,7 @@ class DigitStringTask(Task):
         self._check_split(split)
         strings = ("".join(t) for t in itertools.product("0123456789", repeat=self.num_digits))
         return [{"digits": s, "answer": self.transform(s), "demonstration": self.demonstration(s)}
-                for s in strings if _is_test(s) == (split == "test")]
+                for s in strings if split_of(s) == split]
 
     def prompt(self, example: Example, style: str = "agrpo") -> Messages:
         check_style(style, ("agrpo", "d1"), "prompt")

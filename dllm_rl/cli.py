@@ -46,6 +46,54 @@ def mesh_flag(text: str) -> dict[str, int]:
                                          "(-1 on one axis takes the remaining devices)") from None
 
 
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The multi-host flags every JAX entry point takes (passed to `jax.distributed.initialize`)."""
+    group = parser.add_argument_group(
+        "multi-host", "one process per host, the same command on every host; on a Cloud TPU VM the distributed "
+        "runtime always starts and finds its peers itself (none of these flags needed)")
+    group.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
+    group.add_argument("--num_processes", type=int, help="number of processes (one per host)")
+    group.add_argument("--process_id", type=int, help="this process's index in [0, num_processes)")
+    group.add_argument("--distributed", action="store_true",
+                       help="start the distributed runtime with auto-detected arguments (Cloud TPU VM, Slurm, "
+                            "Open MPI, GKE)")
+
+
+def start_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """Starts JAX's distributed runtime as the flags (or a Cloud TPU VM) ask, before any device is touched."""
+    from dllm_rl.parallel import multihost
+
+    explicit = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        parser.error("--coordinator_address, --num_processes and --process_id go together")
+    return multihost.start(*explicit, distributed=args.distributed)
+
+
+def add_compilation_cache_flag(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--compilation_cache", default=None, metavar="DIR",
+                        help="persistent XLA compilation cache (local or gs://), so a restart does not compile "
+                             f"every program again; {default_help}")
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """Points JAX's persistent compilation cache at `directory` (nothing when empty or None). Programs that
+    compile in under a second are not cached (JAX's default threshold)."""
+    if not directory:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+
+
+def use_cpu() -> None:
+    """Runs this process's arrays on the CPU backend whatever JAX_PLATFORMS says, for the file-to-file tools
+    (convert, export): on a TPU VM a lone process would otherwise wait for its slice peers in TPU initialisation,
+    or fail when a training job holds the chips. Call before any array is made."""
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
 def quiet_third_party_logging() -> None:
     """Third-party INFO/WARNING chatter off the normal path; errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
