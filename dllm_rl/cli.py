@@ -19,13 +19,14 @@ from typing import Callable, NoReturn
 
 from dllm_rl.checkpoint.hf import CheckpointError
 from dllm_rl.models.llada import ConfigError
+from dllm_rl.parallel.multihost import DistributedError
 from dllm_rl.rl.config import TrainError
 from dllm_rl.sampling import SamplerInputError
 from dllm_rl.tokenizer import TokenizerError
 
 USAGE_EXIT_CODE = 2
 # The package's own user-error classes: each message already names the thing and the fix.
-USER_ERRORS = (TrainError, CheckpointError, ConfigError, TokenizerError, SamplerInputError)
+USER_ERRORS = (TrainError, CheckpointError, ConfigError, TokenizerError, SamplerInputError, DistributedError)
 # Errors gin raises for a bad config file or binding (typo, syntax, missing file); only when raised inside gin.
 GIN_ERRORS = (ValueError, SyntaxError, OSError)
 GIN_HINT = "fix the --gin file or --gin_binding; a binding reads e.g. dllm_rl.TrainConfig.seed=1"

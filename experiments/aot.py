@@ -10,20 +10,21 @@ step runs, at the config's shapes: the recorded rollout (`sampling.generate`), t
 micro-batch (`rl.steps.agrpo_grads` or `rl.steps.diffu_grads`), the optimizer update (`rl.steps.apply_update`)
 and the eval sampler. One JSON line per program: per-chip bytes = arguments + temporaries + outputs - aliased
 (`compiled.memory_analysis()`, exact for the compiled program); it fits when that plus the training state
-that stays resident meanwhile (`resident_bytes`) is within the device's HBM. Exit status 1 when a program does
-not fit. The model is the checkpoint's config.json when the gin points at one that exists here,
-else `--model_config` (default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body
-once. A device is what a TPU VM's JAX lists: on v4 a megacore chip (4 devices of 32 GiB on a v4-8; libtpu's own
-default, `--chip_config default`, is one 16 GiB device per TensorCore). The HBM compared against is the chip's
-nominal HBM (`CHIP_HBM_GIB`); the compiler itself refuses a program over a little less (15.75 GiB on v5e, 31.25 on
-v6e, 30.75 on a v4 megacore). (About 340 lines: the abstract inputs of four programs and their resident state
-belong together.)
+that stays resident meanwhile (`resident_bytes`) is within the device's HBM; a program the compiler refuses for
+lack of HBM is a row with `fits` false and the compiler's `error`. Exit status 1 when a program does not fit.
+The model is the checkpoint's config.json when the gin points at one that exists here, else `--model_config`
+(default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body once.
+
+A device is what JAX lists on a TPU VM of that topology: on v4 a megacore chip (4 devices of 32 GiB on a v4-8;
+`--chip_config default` compiles for libtpu's own default instead, each TensorCore a 16 GiB device). The HBM
+compared against is the chip's nominal HBM (`CHIP_HBM_GIB`); the compiler itself refuses a program over a little
+less (15.75 GiB on v5e, 31.25 on v6e, 30.75 on a v4 megacore, 95.74 on v5p). (About 360 lines: the abstract
+inputs of four programs and their resident state belong together.)
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 
@@ -165,20 +166,20 @@ def make_setup(cfg, model_config: llada.LLaDAConfig, mesh) -> Setup:
     return Setup(cfg, model_config, mesh, base, adapters, base)
 
 
-def prompts(setup: Setup, rows: int):
-    """Abstract left-padded prompt ids and mask [rows, max_prompt_length]."""
-    shape = (rows, setup.cfg.train.max_prompt_length)
+def prompts(setup: Setup, rows: int, width: int | None = None):
+    """Abstract left-padded prompt ids and mask [rows, width (default max_prompt_length)]."""
+    shape = (rows, width or setup.cfg.train.max_prompt_length)
     return batch_array(setup.mesh, setup.rules, shape, jnp.int32), batch_array(setup.mesh, setup.rules, shape,
                                                                               jnp.int32)
 
 
-def lower_sampler(setup: Setup, sampler, rows: int):
+def lower_sampler(setup: Setup, sampler, rows: int, width: int | None = None):
     """The sampler program on the policy params as the trainer samples them (`rl.steps.sampling_params`: the
-    base with unmerged LoRA adapters, or the fine-tuned params)."""
+    base with unmerged LoRA adapters, or the fine-tuned params), for prompts of `width` tokens."""
     from dllm_rl.rl.steps import sampling_params
     from dllm_rl.sampling.generate import lower
 
-    ids, mask = prompts(setup, rows)
+    ids, mask = prompts(setup, rows, width)
     params = sampling_params(setup.trainable, setup.frozen, setup.cfg.lora)
     return lower(setup.model_config, sampler, params, ids, mask, abstract_key(setup.mesh))
 
@@ -251,6 +252,17 @@ def resident_bytes(setup: Setup, name: str) -> int:
     return sharded_bytes(abstract_opt_state(setup)[1]) + grad_sum
 
 
+def eval_shape(setup: Setup) -> tuple[int, int]:
+    """(rows, prompt width) of the largest in-run evaluation call: `eval_rows_per_device` per batch device with
+    prompts up to max_prompt_length in their length bucket (invariant batching), or `eval_batch_size` rows
+    padded to max_prompt_length (per-batch)."""
+    tc, bucket = setup.cfg.train, setup.cfg.eval_batching.prompt_bucket
+    if tc.eval_batching == "per_batch":
+        return tc.eval_batch_size, tc.max_prompt_length
+    return (tc.eval_rows_per_device * mesh_lib.batch_ways(setup.mesh, setup.rules),
+            -(-tc.max_prompt_length // bucket) * bucket)
+
+
 def lower_program(setup: Setup, name: str):
     from dllm_rl.rl.evaluate import greedy
 
@@ -258,7 +270,7 @@ def lower_program(setup: Setup, name: str):
     if name == "rollout":
         return lower_sampler(setup, cfg.rollout, rollout_rows(setup))
     if name == "eval":
-        return lower_sampler(setup, cfg.eval_sampler or greedy(cfg.rollout), cfg.train.eval_batch_size)
+        return lower_sampler(setup, cfg.eval_sampler or greedy(cfg.rollout), *eval_shape(setup))
     return {"loss": lower_loss, "update": lower_update}[name](setup)
 
 
@@ -320,12 +332,18 @@ def main(argv=None) -> list[dict]:
     devices = topology_devices(args.topology, args.chip_config)
     mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
     setup = make_setup(cfg, model_config_for(cfg, args.model_config), mesh)
-    rows = []
+    rows, hbm = [], device_hbm_bytes(devices)
     for name in args.programs.split(","):
-        row, hlo = compile_program(setup, name, args.topology, device_hbm_bytes(devices))
+        try:
+            row, hlo = compile_program(setup, name, args.topology, hbm)
+        except jax.errors.JaxRuntimeError as e:  # the compiler refuses a program over the device's usable HBM
+            if not str(e).startswith("RESOURCE_EXHAUSTED"):
+                raise
+            row, hlo = {"program": name, "topology": args.topology, "mesh": dict(mesh.shape), "per_chip_bytes": None,
+                        "chip_hbm_bytes": hbm, "fits": False, "error": str(e).splitlines()[0]}, None
         row.update(devices=len(devices), device_kind=devices[0].device_kind,
                    chip_config=topology_options(args.topology, args.chip_config).get("chip_config_name", "default"))
-        if args.hlo_dir:
+        if args.hlo_dir and hlo is not None:
             os.makedirs(args.hlo_dir, exist_ok=True)
             with open(os.path.join(args.hlo_dir, f"{name}.hlo.txt"), "w", encoding="utf-8") as f:
                 f.write(hlo)

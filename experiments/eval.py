@@ -23,10 +23,16 @@ special tokens kept (as AGRPO's eval does) and graded with `task.score`:
 - `*_strict` metrics, reported next to them: GSM8K graded on the whole answer with math-verify, Countdown
   only inside `<answer>`, Sudoku 1 only for a complete valid grid (MATH has no quirk: strict = default).
 
+Batching (`dllm_rl.rl.evaluate`): by default every example's completion depends on that example alone, not on the
+batch size, the other examples or the number of data/FSDP devices: each prompt is left-padded to its length bucket
+(`--prompt_bucket`) and every generate call has `--rows_per_device` rows per device (greedy decoding; tensor
+parallelism excluded). `--batching per_batch` is the official scripts' way (batches of `--batch_size` padded to
+their longest prompt): use it to reproduce their numbers. summary.json records which one a number used.
+
 Devices: the model is laid out over every device of the job (`--mesh`, default data=1,fsdp=-1: weights split over
-all devices, each batch split over them too; the default batch is the smallest multiple of the device count ≥ 8).
-Several hosts: run the same command on every host (on a Cloud TPU VM the distributed runtime starts by itself;
-elsewhere see the multi-host flags); every process samples its share of each batch and process 0 writes.
+all devices, each call's rows split over them too). Several hosts: run the same command on every host (on a Cloud
+TPU VM the distributed runtime starts by itself; elsewhere see the multi-host flags); every process samples its
+share of each call and process 0 writes.
 
 Writes, under --out_dir (local or gs://): `{task}_{split}_len{L}.jsonl` (one line per example: index, prompt,
 completion, reference, extracted, correct, extracted_strict, correct_strict), `summary.json` (accuracy in % per
@@ -56,9 +62,17 @@ def parse_args(argv=None):
     p.add_argument("--lengths", default="128,256,512", help="comma-separated generation lengths")
     p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--steps_per_token", type=float, default=0.5, help="steps = length × this (0.5: d1/AGRPO)")
+    p.add_argument("--batching", choices=("invariant", "per_batch"), default="invariant",
+                   help="invariant (default): each prompt padded to its length bucket, --rows_per_device rows per "
+                        "device per call, so every example's result depends on that example alone (not on the batch "
+                        "size, the other examples or the device count); per_batch: the official scripts' batches of "
+                        "--batch_size padded to their longest prompt (to reproduce their numbers)")
+    p.add_argument("--rows_per_device", type=int, default=8, help="invariant batching: rows per device per call")
+    p.add_argument("--prompt_bucket", type=int, default=64,
+                   help="invariant batching: prompts are left-padded to a multiple of this many tokens")
     p.add_argument("--batch_size", type=int, default=None,
-                   help=f"rows per generate call (default: the smallest multiple of the batch devices ≥ "
-                        f"{DEFAULT_MIN_BATCH})")
+                   help=f"per_batch batching: examples per call (default: the smallest multiple of the batch "
+                        f"devices ≥ {DEFAULT_MIN_BATCH})")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     which.add_argument("--sample", type=int, default=None,
@@ -134,23 +148,22 @@ def model_source(args) -> Source:
 
 
 def make_mesh(args):
-    """The --mesh (default DEFAULT_MESH) over the job's devices, and the batch size checked against it."""
+    """The --mesh (default DEFAULT_MESH) over the job's devices and the evaluation's `rl.evaluate.Batching`, checked
+    against it (a per-batch --batch_size must split over the batch devices)."""
     from dllm_rl.parallel import mesh as mesh_lib
+    from dllm_rl.rl.evaluate import Batching
 
     try:
         mesh = mesh_lib.make_mesh(args.mesh or DEFAULT_MESH)
-        sharding = mesh_lib.batch_sharding(mesh, 1)
-        rows = _batch_devices(mesh)
-        batch_size = args.batch_size or -(-DEFAULT_MIN_BATCH // rows) * rows
-        mesh_lib.check_divisible((batch_size,), sharding, "--batch_size")
+        ways = mesh_lib.batch_ways(mesh)
+        batch_size = args.batch_size or -(-DEFAULT_MIN_BATCH // ways) * ways
+        if args.batching == "per_batch":
+            mesh_lib.check_divisible((batch_size,), mesh_lib.batch_sharding(mesh, 1), "--batch_size")
+        batching = Batching(mode=args.batching, rows_per_device=args.rows_per_device,
+                            prompt_bucket=args.prompt_bucket, batch_size=batch_size)
     except ValueError as e:
-        raise SamplerInputError(f"--mesh: {e}") from None
-    return mesh, batch_size
-
-
-def _batch_devices(mesh) -> int:
-    """How many ways the default rules split a batch: the product of the 'data' and 'fsdp' axes."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+        raise SamplerInputError(f"--mesh / batching: {e}") from None
+    return mesh, batching
 
 
 def load_policy(args, source: Source, mesh):
@@ -187,7 +200,10 @@ def write_trajectories(config, params, tokenizer, task, examples, sampler, args,
 
     prompts = render_prompts(tokenizer, task, examples, style=args.prompt_style)
     ids_NxP, mask_NxP = tokenizer.batch_encode(prompts, keep_last=args.max_prompt_tokens)
-    rows = -(-len(examples) // _batch_devices(mesh)) * _batch_devices(mesh)
+    from dllm_rl.parallel import mesh as mesh_lib
+
+    ways = mesh_lib.batch_ways(mesh)
+    rows = -(-len(examples) // ways) * ways  # whole rows per device
     pad = [min(i, len(examples) - 1) for i in range(rows)]
     rollout = generate(config, params, ids_NxP[pad], sampler, attention_mask=mask_NxP[pad], mesh=mesh)
     gathered = Trajectories(multihost.all_rows(rollout.tokens), multihost.all_rows(rollout.unmask_step))
@@ -216,7 +232,7 @@ def examples_of(task, split: str, args) -> tuple[list[int], list[dict]]:
     return indices, [examples[i] for i in indices]
 
 
-def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: str, mesh, batch_size: int) -> dict:
+def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: str, mesh, batching) -> dict:
     from dllm_rl.parallel import multihost
     from dllm_rl.rl.evaluate import evaluate, records, write_records
     from dllm_rl.sampling import SamplerConfig
@@ -230,7 +246,7 @@ def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: str,
         sampler = SamplerConfig(steps=steps, gen_length=length, block_length=args.block_length, temperature=0.0,
                                 remasking="low_confidence")
         started = time.perf_counter()
-        graded = evaluate(config, params, tokenizer, task, examples, sampler, batch_size=batch_size,
+        graded = evaluate(config, params, tokenizer, task, examples, sampler, batching=batching,
                           prompt_style=args.prompt_style, keep_last=args.max_prompt_tokens, strict=True, mesh=mesh)
         seconds = time.perf_counter() - started
         stem = os.path.join(out_dir, f"{task_name}_{split}_len{length}")
@@ -241,6 +257,7 @@ def evaluate_task(task_name: str, args, config, params, tokenizer, out_dir: str,
                                mesh)
         n = len(examples)
         results[str(length)] = {"split": split, "n": n, "steps": steps, "block_length": args.block_length,
+                                "batching": dataclasses.asdict(batching),
                                 "accuracy": 100 * sum(g.score.correct for g in graded) / n,
                                 "accuracy_strict": 100 * sum(g.strict.correct for g in graded) / n,
                                 "generate_seconds": round(seconds, 3)}
@@ -280,7 +297,7 @@ def main(argv=None) -> dict:
     for length in args.lengths.split(","):
         steps_for(int(length), args.steps_per_token, args.block_length)
     source = model_source(args)
-    mesh, batch_size = make_mesh(args)
+    mesh, batching = make_mesh(args)
     from dllm_rl.parallel import multihost
     from dllm_rl.tokenizer import Tokenizer
 
@@ -288,7 +305,7 @@ def main(argv=None) -> dict:
     config, params = load_policy(args, source, mesh)
     warm_up_math_verify()
     out_dir = os.fspath(paths.absolute(args.out_dir))
-    summary = {name: evaluate_task(name, args, config, params, tokenizer, out_dir, mesh, batch_size)
+    summary = {name: evaluate_task(name, args, config, params, tokenizer, out_dir, mesh, batching)
                for name in task_names}
     if multihost.is_primary():
         paths.replace_bytes(paths.absolute(out_dir) / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

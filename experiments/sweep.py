@@ -35,8 +35,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", required=True, help="comma-separated TrainConfig.seed values, e.g. 0,1,2,3,4")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--test_split", default="test", help="the split each final policy is scored on once")
+    p.add_argument("--test_examples", type=int, default=None,
+                   help="score this many test examples, drawn with seed 0, instead of the whole split (smoke runs)")
     p.add_argument("--eval_batch_size", type=int, default=None,
-                   help="experiments.eval --batch_size (default: the config's TrainConfig.eval_batch_size)")
+                   help="experiments.eval --batch_size with per_batch batching (default: the config's "
+                        "TrainConfig.eval_batch_size); the batching and rows per device are the config's")
     return p.parse_args(argv)
 
 
@@ -52,7 +55,8 @@ def run_settings(gin_file: str, bindings: list[str]) -> dict:
     r = cfg.rollout
     return {"task": cfg.train.task, "prompt_style": cfg.train.prompt_style, "num_steps": cfg.train.num_steps,
             "gen_length": r.gen_length, "block_length": r.block_length, "steps": r.steps,
-            "eval_batch_size": cfg.train.eval_batch_size}
+            "eval_batch_size": cfg.train.eval_batch_size, "eval_batching": cfg.train.eval_batching,
+            "eval_rows_per_device": cfg.train.eval_rows_per_device}
 
 
 def finished(workdir: str, num_steps: int) -> bool:
@@ -72,8 +76,10 @@ def train(gin_file: str, bindings: list[str], seed: int, workdir: str, num_steps
              *[a for b in extra for a in ("--gin_binding", b)]])
 
 
-def test_accuracy(workdir: str, settings: dict, split: str, step: int | None, batch_size: int) -> float:
-    """Greedy accuracy (%) of the run's policy at `step` (None: the latest) on the whole `split`."""
+def test_accuracy(workdir: str, settings: dict, split: str, step: int | None, batch_size: int,
+                  examples: int | None = None) -> float:
+    """Greedy accuracy (%) of the run's policy at `step` (None: the latest) on the whole `split` (or `examples` of
+    it drawn with seed 0)."""
     out = os.path.join(workdir, f"test_{split}_step{'final' if step is None else step}")
     summary_path = os.path.join(out, "summary.json")
     if not os.path.exists(summary_path):
@@ -81,8 +87,10 @@ def test_accuracy(workdir: str, settings: dict, split: str, step: int | None, ba
         _python(["experiments.eval", "--lora_dir", workdir, "--task", settings["task"], "--split", split,
                  "--lengths", str(length), "--block_length", str(settings["block_length"]),
                  "--steps_per_token", repr(settings["steps"] / length), "--batch_size", str(batch_size),
+                 "--batching", settings["eval_batching"], "--rows_per_device", str(settings["eval_rows_per_device"]),
                  "--prompt_style", settings["prompt_style"], "--out_dir", out,
-                 *(["--step", str(step)] if step is not None else [])])
+                 *(["--step", str(step)] if step is not None else []),
+                 *(["--sample", str(examples)] if examples else [])])
     with open(summary_path, encoding="utf-8") as f:
         return json.load(f)[settings["task"]][str(settings["gen_length"])]["accuracy"]
 
@@ -139,8 +147,8 @@ def main(argv=None) -> dict:
         for seed in seeds:
             workdir = os.path.join(args.out_dir, name, f"seed_{seed}")
             train(gin_file, args.gin_binding, seed, workdir, settings["num_steps"])
-            before.append(test_accuracy(workdir, settings, args.test_split, 0, batch))
-            after.append(test_accuracy(workdir, settings, args.test_split, None, batch))
+            before.append(test_accuracy(workdir, settings, args.test_split, 0, batch, args.test_examples))
+            after.append(test_accuracy(workdir, settings, args.test_split, None, batch, args.test_examples))
             curves[name].append({r["step"]: r["eval_accuracy"] for r in metrics_lib.read_metrics(workdir)
                                  if "eval_accuracy" in r})
         summary[name] = {"seeds": seeds, "before": interval(before), "after": interval(after),

@@ -100,8 +100,28 @@ def test_demo_config_compiles_for_a_tpu_topology(capsys):
     for r in rows:
         assert r["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
         assert r["chip_hbm_bytes"] == 16 * aot.GIB and r["fits"]
+        assert (r["devices"], r["device_kind"], r["chip_config"]) == (8, "TPU v5 lite", "default")
         assert 0 < r["per_chip_bytes"] == r["argument_bytes"] + r["temp_bytes"] + r["output_bytes"] - r["alias_bytes"]
         assert r["resident_bytes"] >= 0
     assert rows[0]["vocab_sorts"] == 0
     # the update donates params and optimizer state: their buffers are reused for the outputs
     assert rows[2]["alias_bytes"] > 0
+
+
+def test_a_program_the_compiler_refuses_is_a_row_that_does_not_fit(monkeypatch, capsys):
+    _need_libtpu()
+
+    def refuse(setup, name, topology, hbm):
+        raise jax.errors.JaxRuntimeError(f"{status}: Ran out of memory on HBM\nmore")
+
+    monkeypatch.setattr(aot, "compile_program", refuse)
+    argv = ["--topology", "v5e:2x4", "--gin", "experiments/configs/demo.gin", "--mesh", "data=2,fsdp=4,tensor=1",
+            "--programs", "eval"]
+    status = "RESOURCE_EXHAUSTED"
+    [row] = aot.main(argv)
+    assert row["fits"] is False and row["error"] == "RESOURCE_EXHAUSTED: Ran out of memory on HBM"
+    assert row["chip_hbm_bytes"] == 16 * aot.GIB and row["devices"] == 8
+    assert aot.exit_code(argv) == 1
+    status = "INTERNAL"  # any other compiler error is raised
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        aot.main(argv)

@@ -1,5 +1,9 @@
 """dllm_rl.cli: every user mistake on a command line ends in one `error:` line on stderr and exit code 2."""
+import functools
+import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -38,12 +42,14 @@ def mistakes(tmp, tiny_tokenizer_dir):
         "export missing folder": (module("dllm_rl.export") + ["--ckpt_dir", str(tmp / "nockpt"), "--out_dir",
                                                               str(tmp / "x"), "--format", "hf"], ["nockpt"]),
         "plot missing workdir": (module("experiments.plot") + ["--workdir", str(tmp / "norun")], ["norun", "metrics"]),
+        "no cluster to join": (module("dllm_rl.parallel.multihost") + ["--distributed"],
+                               ["--distributed", "--coordinator_address"]),
     }
 
 
 @pytest.mark.parametrize("name", ["missing folder", "missing tokenizer", "bad task name", "gin typo",
                                   "config does not fit", "convert missing folder", "export missing folder",
-                                  "plot missing workdir"])
+                                  "plot missing workdir", "no cluster to join"])
 def test_a_user_mistake_is_one_line_and_exit_code_2(name, tmp_path, tiny_tokenizer_dir):
     command, words = mistakes(tmp_path, tiny_tokenizer_dir)[name]
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -54,15 +60,74 @@ def test_a_user_mistake_is_one_line_and_exit_code_2(name, tmp_path, tiny_tokeniz
     assert all(w in lines[0] for w in words), lines[0]
 
 
-@pytest.mark.parametrize("name", ["experiments.eval", "experiments.plot", "experiments.bench", "experiments.run",
-                                  "dllm_rl.convert", "dllm_rl.export.__main__"])
-def test_help_shows_a_working_example(name, capsys):
-    main = __import__(name, fromlist=["main"]).main
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    command = name.removesuffix(".__main__")
-    assert f"python -m {command} " in capsys.readouterr().out
+def help_examples(command: str) -> list[list[str]]:
+    """The example command lines (`python -m COMMAND ...`, continuation lines joined) that `COMMAND --help` shows,
+    as argument lists after the module name."""
+    text = subprocess.run(module(command) + ["--help"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True).stdout
+    text = text.replace("\\\n", " ")
+    lines = [line.split("#")[0].strip() for line in text.splitlines() if line.strip().startswith(f"python -m {command} ")]
+    return [shlex.split(line)[3:] for line in lines]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_model(tmp, tiny_dir, tiny_tokenizer_dir):
+    """The tiny golden checkpoint as an Orbax model folder with the tiny tokenizer (what convert writes)."""
+    out = tmp / "tiny_model"
+    subprocess.run(module("dllm_rl.convert") + ["--hf_dir", str(tiny_dir), "--out_dir", str(out), "--dtype",
+                                                "float32"], check=True, timeout=300, cwd=REPO,
+                   env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_tokenizer_dir / name, out / name)
+    return out
+
+
+def example_cases(tmp, tiny_dir, tiny_tokenizer_dir):
+    """Per command: (which of its --help examples runs, placeholder → path substitutions, arguments appended to
+    shrink it to this machine: argparse keeps a repeated flag's last value)."""
+    model = _tiny_model(tmp, tiny_dir, tiny_tokenizer_dir)
+    run_dir = tmp / "demo_run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "reward_mean": 0.1, "eval_accuracy": 0.0}) + "\n"
+                                           + json.dumps({"step": 1, "reward_mean": 0.5}) + "\n")
+    tiny_eval = ["--lengths", "32", "--block_length", "32", "--limit", "1", "--batch_size", "1",
+                 "--max_prompt_tokens", "48"]
+    tiny_run = [a for b in ("dllm_rl.TrainConfig.num_steps=1", "dllm_rl.TrainConfig.sft_steps=0",
+                            "dllm_rl.TrainConfig.eval_every=0", "dllm_rl.TrainConfig.export_final_model=False",
+                            "dllm_rl.TrainConfig.prompts_per_micro_batch=1", "dllm_rl.AGRPOConfig.num_generations=2",
+                            "dllm_rl.AGRPOConfig.mc_samples=1") for a in ("--gin_binding", b)] + ["--no_progress"]
+    return {
+        "experiments.eval": (1, {"/path/llada8b": str(model), "runs/base_eval": str(tmp / "eval")}, tiny_eval),
+        "experiments.plot": (0, {"/tmp/dllm_demo": str(run_dir)}, []),
+        "experiments.run": (0, {"/tmp/demo": str(tmp / "run")}, tiny_run),
+        "dllm_rl.convert": (0, {"/path/to/LLaDA-8B-Instruct": str(tiny_dir), "/path/to/llada8b": str(tmp / "c")}, []),
+        "dllm_rl.export": (2, {"W/final_model": str(model), "OUT": str(tmp / "hf")}, []),
+        # one process: a job of its own, started from the flags instead of a cluster's environment
+        "dllm_rl.parallel.multihost": (0, {}, ["--coordinator_address", f"127.0.0.1:{_free_port()}",
+                                               "--num_processes", "1", "--process_id", "0"]),
+    }
+
+
+@pytest.mark.parametrize("command", ["experiments.eval", "experiments.plot", "experiments.run", "dllm_rl.convert",
+                                     "dllm_rl.export", "dllm_rl.parallel.multihost"])
+def test_the_example_in_each_help_runs(command, tmp_path, tiny_dir, tiny_tokenizer_dir):
+    """The example every --help shows runs as written, its paths pointed at tiny fixtures and its sizes shrunk by
+    appended flags (experiments.aot, bench and sweep run theirs in test_aot.py, test_bench.py, test_sweep.py)."""
+    index, substitutions, tiny = example_cases(tmp_path, tiny_dir, tiny_tokenizer_dir)[command]
+    example = help_examples(command)[index]
+    for placeholder in substitutions:
+        assert any(placeholder in a for a in example), (placeholder, example)
+    args = [functools.reduce(lambda a, kv: a.replace(*kv), substitutions.items(), a) for a in example]
+    result = subprocess.run(module(command) + args + tiny, capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, (args, result.stderr[-3000:])
 
 
 def test_bugs_keep_their_traceback_and_results_become_exit_codes():

@@ -51,7 +51,8 @@ def test_eval_on_an_fsdp_mesh_gives_the_one_device_completions(tmp_path, tiny_di
 
     assert run(tmp_path / "fsdp", "--mesh", "data=1,fsdp=-1") == run(tmp_path / "one")
     bad = subprocess.run([sys.executable, "-m", "experiments.eval", "--task", "gsm8k", "--lengths", "32",
-                          "--block_length", "32", "--batch_size", "3", "--mesh", "data=-1", "--hf_dir", str(tiny_dir),
+                          "--block_length", "32", "--batching", "per_batch", "--batch_size", "3", "--mesh", "data=-1",
+                          "--hf_dir", str(tiny_dir),
                           "--out_dir", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert bad.returncode == 2 and "--batch_size" in bad.stderr and "not divisible" in bad.stderr, bad.stderr
@@ -77,10 +78,11 @@ def test_lora_dir_reproduces_the_trainers_final_evaluation(tmp_path):
     Trainer(parse_config(["experiments/configs/demo.gin"], bindings), workdir).train(progress=False)
     record_operative_config(str(workdir), gin.operative_config_str())
     in_run = [json.loads(line) for line in (workdir / "eval" / "step_2.jsonl").read_text().splitlines()]
-    args = ["--task", "increment", "--lengths", "8", "--block_length", "8", "--steps_per_token", "1",
-            "--batch_size", "8", "--sample", "24", "--sample_seed", "0"]
+    args = ["--task", "increment", "--split", "validation", "--lengths", "8", "--block_length", "8",
+            "--steps_per_token", "1", "--sample", "24", "--sample_seed", "0"]
     summary = eval_cli.main(args + ["--lora_dir", str(workdir), "--out_dir", str(tmp_path / "policy")])
-    rows = [json.loads(line) for line in (tmp_path / "policy" / "increment_test_len8.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in
+            (tmp_path / "policy" / "increment_validation_len8.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [r["index"] for r in in_run] and len(rows) == 24
     assert [r["completion"] for r in rows] == [r["completion"] for r in in_run]
     assert summary["increment"]["8"]["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in in_run) / 24)
@@ -91,7 +93,7 @@ def test_lora_dir_reproduces_the_trainers_final_evaluation(tmp_path):
     trainer.export(trainer.base_params, str(tmp_path / "init_model"))
     eval_cli.main(args + ["--ckpt_dir", str(tmp_path / "init_model"), "--out_dir", str(tmp_path / "init")])
     init = [json.loads(line)["completion"] for line in
-            (tmp_path / "init" / "increment_test_len8.jsonl").read_text().splitlines()]
+            (tmp_path / "init" / "increment_validation_len8.jsonl").read_text().splitlines()]
     assert init != [r["completion"] for r in rows]
 
 

@@ -24,7 +24,7 @@ DEMO = os.path.join(ROOT, "experiments/configs/demo.gin")
 # 3 steps of the demo model, no SFT: 2 prompts × G=4 = 8 rollout rows (one per device); held-out evaluation of
 # 8 examples (one per device) at steps 0 and 3.
 TINY = ["dllm_rl.TrainConfig.num_steps = 3", "dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.eval_every = 3",
-        "dllm_rl.TrainConfig.eval_examples = 8", "dllm_rl.TrainConfig.eval_batch_size = 8",
+        "dllm_rl.TrainConfig.eval_examples = 8", "dllm_rl.TrainConfig.eval_rows_per_device = 1",
         "dllm_rl.TrainConfig.prompts_per_micro_batch = 2", "dllm_rl.TrainConfig.checkpoint_every = 2",
         "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.AGRPOConfig.mc_samples = 2",
         "experiment.mesh = @dllm_rl.MeshConfig()"]

@@ -147,12 +147,24 @@ def _comparable(rows):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
+def _wait_for_checkpoint(workdir, step, proc, timeout=600):
+    """Returns as soon as the checkpoint of `step` is complete (Orbax renames its folder into place at the end)."""
+    folder = os.path.join(workdir, "checkpoints", str(step))
+    deadline = time.time() + timeout
+    while not os.path.isdir(folder):
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read())
+        assert time.time() < deadline, f"no checkpoint {step}"
+        time.sleep(0.01)
+
+
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     killed = _run(tmp_path / "b")
-    _wait_for_step(tmp_path / "b", 3, killed)
-    killed.send_signal(signal.SIGKILL)  # after the step-2 checkpoint, before the step-4 one
+    _wait_for_checkpoint(tmp_path / "b", 2, killed)
+    killed.send_signal(signal.SIGKILL)  # right after the step-2 checkpoint, well before the step-4 one
     killed.wait()
-    assert len(read_metrics(tmp_path / "b")) < 7
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["0", "2"]
+    assert read_metrics(tmp_path / "b")[-1]["step"] in (2, 3)
     straight = _run(tmp_path / "a")
     assert straight.wait(900) == 0, straight.stdout.read()
     resumed = _run(tmp_path / "b")
@@ -255,14 +267,38 @@ def test_gradient_accumulation_memory_does_not_grow_with_grad_accum(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_shortened_demo_improves_held_out_reward(tmp_path):
-    """The demo config, shortened to 30 RL steps: AGRPO after the SFT warm start clearly raises the greedy reward and
-    exact-match accuracy on held-out prompts (the full 40-step demo: 0.1 % → 89 % over 3 seeds, BENCHMARKS.md)."""
-    cfg = parse_config([DEMO], ["dllm_rl.TrainConfig.num_steps = 30", "dllm_rl.TrainConfig.eval_every = 30",
-                                "dllm_rl.TrainConfig.checkpoint_every = 0"])
+def test_demo_raises_held_out_accuracy_by_the_documented_bar(tmp_path):
+    """The demo config (seed 0, the whole validation split): AGRPO after the SFT warm start raises greedy held-out
+    exact-match accuracy by at least 20 points, the bar BENCHMARKS.md's 5-seed test-split measurement is held to."""
+    cfg = parse_config([DEMO], ["dllm_rl.TrainConfig.eval_every = 40", "dllm_rl.TrainConfig.checkpoint_every = 0"])
     rows = Trainer(cfg, tmp_path).train(progress=False)
     evals = [r for r in rows if "eval_reward_mean" in r]
-    assert [r["step"] for r in evals] == [0, 30]
+    assert [r["step"] for r in evals] == [0, 40]
     before, after = evals
-    assert after["eval_reward_mean"] > before["eval_reward_mean"] + 0.2, (before, after)
-    assert after["eval_accuracy"] > before["eval_accuracy"] + 0.2, (before, after)
+    assert after["eval_accuracy"] >= before["eval_accuracy"] + 0.20, (before, after)
+    assert after["eval_reward_mean"] > before["eval_reward_mean"] + 0.5, (before, after)
+
+
+def test_sft_and_rl_never_see_an_evaluation_example(tmp_path, monkeypatch):
+    """Every prompt the warm start and the RL steps encode comes from the training split: none is one of the
+    strings the run evaluates on (string-level disjointness of the splits, checked where the trainer reads them)."""
+    cfg = parse_config([DEMO], SMALL + ["dllm_rl.TrainConfig.num_steps = 2", "dllm_rl.TrainConfig.eval_every = 0",
+                                        "dllm_rl.TrainConfig.eval_examples = None"])
+    trainer = Trainer(cfg, tmp_path)
+    seen, encode = [], trainer._encode
+    monkeypatch.setattr(trainer, "_encode", lambda examples, *a: (seen.extend(e["digits"] for e in examples),
+                                                                   encode(examples, *a))[1])
+    trainer.train(progress=False)
+    evaluated = {e["digits"] for e in trainer.eval_set[1]}
+    assert len(seen) == 3 * 8 + 2 * 2 * 2 and len(evaluated) == len(trainer.task.load("validation"))
+    assert not set(seen) & evaluated
+    assert set(seen) <= {e["digits"] for e in trainer.task.load("train")}
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+    cfg = parse_config([DEMO], SMALL + ["dllm_rl.TrainConfig.num_steps = 2", "dllm_rl.TrainConfig.sft_steps = 0",
+                                        "dllm_rl.TrainConfig.eval_every = 0",
+                                        "dllm_rl.TrainConfig.export_final_model = False"])
+    Trainer(cfg, tmp_path).train(progress=False, profile_steps=(2, 2))
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

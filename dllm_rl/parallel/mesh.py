@@ -147,6 +147,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedShard
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
 
 
+def batch_ways(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways `batch_sharding` splits a batch: the product of the sizes of the mesh axes its rows go to."""
+    axes = batch_sharding(mesh, 1, rules).spec[0]
+    return 1 if axes is None else _size(mesh, axes)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

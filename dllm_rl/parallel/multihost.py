@@ -22,6 +22,10 @@ from dllm_rl import paths
 
 
 
+class DistributedError(RuntimeError):
+    """The distributed runtime was asked for but cannot start as configured."""
+
+
 def on_cloud_tpu_vm() -> bool:
     """Whether this process runs on a Cloud TPU VM, by JAX's own test (evaluated when `jax` is imported: libtpu is
     installed and the machine has TPU chips on its PCI bus), so nothing touches a backend."""
@@ -47,7 +51,13 @@ def start(coordinator_address: str | None = None, num_processes: int | None = No
     if jax.distributed.is_initialized():
         return True
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    except ValueError as e:  # JAX found no cluster to fill in what was not given
+        asked = "--distributed" if distributed else "a Cloud TPU VM"
+        raise DistributedError(f"{asked}: JAX found no cluster to join ({str(e).rstrip('.')}); outside a Cloud TPU "
+                               "VM, Slurm, Open MPI or GKE pass --coordinator_address HOST:PORT --num_processes N "
+                               "--process_id I") from None
     return True
 
 
@@ -146,8 +156,11 @@ def shared_directory(out_dir: str) -> Iterator[str]:
 
 
 def main(argv=None) -> int:
-    """`python -m dllm_rl.parallel.multihost [--distributed]`: starts JAX the way the trainer does and prints
-    `describe()` (tpu/setup.sh runs it on every worker: each host must see every chip of the slice)."""
+    """Starts JAX the way the trainer does and prints this process's place in the job (`describe`); tpu/setup.sh
+    runs it on every worker of a slice, where each must report every chip:
+
+        python -m dllm_rl.parallel.multihost --distributed
+    """
     from dllm_rl import cli
 
     parser = cli.make_parser(main.__doc__)

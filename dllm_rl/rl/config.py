@@ -13,7 +13,7 @@ from dllm_rl import paths
 from dllm_rl.checkpoint import load_model
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from dllm_rl.rl import agrpo, diffu_grpo
+from dllm_rl.rl import agrpo, diffu_grpo, evaluate as eval_lib
 from dllm_rl.sampling import SamplerConfig
 from dllm_rl.tasks import get_task
 
@@ -84,7 +84,11 @@ class TrainConfig:
     """The run: task, batching, optimizer, evaluation, checkpointing, optional SFT warm start.
 
     Every `eval_every` steps (0: never) the policy is evaluated on `eval_examples` examples of `eval_split`
-    (default: the task's evaluation split), drawn with `eval_sample_seed` (None: the whole split).
+    (default: the task's evaluation split), drawn with `eval_sample_seed` (None: the whole split), in generate
+    calls of `eval_rows_per_device` rows per batch device with each prompt padded to its length bucket
+    (`eval_batching='invariant'`: every example's result is independent of the others and of the device count) or,
+    with `eval_batching='per_batch'`, of `eval_batch_size` examples padded to their longest prompt (the reference
+    scripts' way; `rl.evaluate.Batching`).
 
     Defaults follow the released GSM8K train.yaml (lr 5e-6 cosine, warmup 1 %, AdamW β=(0.9, 0.99), weight
     decay 0.01, clip 1.0, 2 micro-batches of one prompt group each per step, seed 333).
@@ -111,6 +115,8 @@ class TrainConfig:
     eval_every: int = 0
     eval_examples: int | None = 64
     eval_sample_seed: int = 0
+    eval_batching: str = "invariant"
+    eval_rows_per_device: int = 8
     eval_batch_size: int = 8
     checkpoint_every: int = 15
     keep_checkpoints: int = 2
@@ -125,7 +131,10 @@ class TrainConfig:
             raise TrainError(f"TrainConfig.algorithm={self.algorithm!r}; choose one of {ALGORITHMS}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise TrainError(f"TrainConfig.lr_schedule={self.lr_schedule!r}; choose 'cosine' or 'constant'")
-        for name in ("num_steps", "prompts_per_micro_batch", "grad_accum", "max_prompt_length", "eval_batch_size"):
+        if self.eval_batching not in ("invariant", "per_batch"):
+            raise TrainError(f"TrainConfig.eval_batching={self.eval_batching!r}; choose 'invariant' or 'per_batch'")
+        for name in ("num_steps", "prompts_per_micro_batch", "grad_accum", "max_prompt_length", "eval_batch_size",
+                     "eval_rows_per_device"):
             if getattr(self, name) < 1:
                 raise TrainError(f"TrainConfig.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.eval_examples is not None and self.eval_examples < 1:
@@ -154,6 +163,12 @@ class ExperimentConfig:
         return self.agrpo if self.train.algorithm == "agrpo" else self.diffu_grpo
 
     @property
+    def eval_batching(self) -> eval_lib.Batching:
+        """The in-run evaluation's `rl.evaluate.Batching`."""
+        tc = self.train
+        return eval_lib.Batching(mode=tc.eval_batching, rows_per_device=tc.eval_rows_per_device, batch_size=tc.eval_batch_size)
+
+    @property
     def num_generations(self) -> int:
         return self.algorithm_config.num_generations
 
@@ -162,7 +177,9 @@ class ExperimentConfig:
         batch axes of `mesh` (laid out by `self.mesh.rules`)."""
         tc = self.train
         sizes = {"rollout batch (prompts_per_micro_batch x num_generations)":
-                 tc.prompts_per_micro_batch * self.num_generations, "eval batch (eval_batch_size)": tc.eval_batch_size}
+                 tc.prompts_per_micro_batch * self.num_generations}
+        if tc.eval_batching == "per_batch":
+            sizes["eval batch (eval_batch_size)"] = tc.eval_batch_size
         if tc.sft_steps:
             sizes["SFT batch (sft_batch_size)"] = tc.sft_batch_size
         sharding = mesh_lib.batch_sharding(mesh, 1, self.mesh.rules)

@@ -1,12 +1,25 @@
 """Held-out evaluation, one protocol for the trainer's periodic eval and `experiments/eval.py`.
 
-Prompts are rendered with the task's template and left-padded by the tokenizer into one [N, P] array (P: the
-longest prompt, or `max_prompt_length`), so every batch has one shape and one program is compiled; the last
-batch is padded by repeating its final row. Every evaluation decodes without recording and with early stop: once a
-block is all EOS the rest is filled with EOS, as the official eval's sampler does, so text after the EOS run is
-never generated or graded. Completions are decoded with special tokens kept (as AGRPO's eval
-does) and graded with `task.score` (and, on request, the strict score and the training reward). Multi-host, every
-process samples its share of each batch, then gets all rows and grades them all (the same numbers everywhere).
+Prompts are rendered with the task's template, tokenised and grouped into generate calls by a `Batching`:
+
+- `invariant` (the default): every example's completion is a function of that example alone (with the model,
+  the sampler settings and the seed), not of the batch size, the other examples evaluated with it, or the number
+  of data/FSDP devices. Each prompt is left-padded to its own length bucket (the smallest multiple of
+  `prompt_bucket` that holds it, so its positions and the program's sequence length never depend on other
+  prompts), the prompts of one bucket are generated `rows_per_device` rows per batch device at a time (one
+  program shape per bucket, the same per-device shape on any number of devices), and the rows that fill the last
+  call are copies whose outputs are dropped. Tensor parallelism splits the model's reductions over devices and
+  is not covered. A batch of sampled decoding (temperature > 0) draws with one key per call, so only greedy
+  decoding is invariant.
+- `per_batch`: the reference protocol (the official eval scripts): consecutive batches of `batch_size` examples,
+  each left-padded to its own longest prompt; results can move with the batch size and composition. Use it to
+  reproduce the official code's numbers.
+
+The last call of a group is filled by repeating its final row. Every evaluation decodes without recording and with
+early stop: once a block is all EOS the rest is filled with EOS, as the official eval's sampler does, so text after
+the EOS run is never generated or graded. Completions are decoded with special tokens kept (as AGRPO's eval does)
+and graded with `task.score` (and, on request, the strict score and the training reward). Multi-host, every
+process samples its share of each call, then gets all rows and grades them all (the same numbers everywhere).
 """
 from __future__ import annotations
 
@@ -45,32 +58,89 @@ def greedy(sampler: SamplerConfig) -> SamplerConfig:
     return protocol(dataclasses.replace(sampler, temperature=0.0, remasking="low_confidence"))
 
 
-def complete(model_config, params, tokenizer, ids_NxP: np.ndarray, mask_NxP: np.ndarray, sampler: SamplerConfig,
-             *, batch_size: int, rng: jax.Array | None = None, mesh=None) -> list[str]:
-    """Completions of every row of the left-padded prompts, in batches of `batch_size` (rows beyond the end
-    repeat the last one); batch `i` samples with `fold_in(rng, i * batch_size)` when `rng` is given."""
-    completions = []
-    for start in range(0, len(ids_NxP), batch_size):
-        rows = np.arange(start, start + batch_size).clip(max=len(ids_NxP) - 1)
-        key = None if rng is None else jax.random.fold_in(rng, start)
-        rollout = generate(model_config, params, ids_NxP[rows], sampler, attention_mask=mask_NxP[rows], rng=key,
-                           mesh=mesh)
-        tokens_BxL = multihost.all_rows(rollout.tokens)[: len(ids_NxP) - start, ids_NxP.shape[1]:]
-        completions += tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How an evaluation groups prompts into generate calls (module docstring): `mode` 'invariant' (prompts padded
+    to their `prompt_bucket` length bucket, `rows_per_device` rows per batch device per call) or 'per_batch' (the
+    reference: `batch_size` consecutive examples per call, padded to their longest prompt)."""
+
+    mode: str = "invariant"
+    rows_per_device: int = 8
+    prompt_bucket: int = 64
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.mode not in ("invariant", "per_batch"):
+            raise ValueError(f"Batching.mode={self.mode!r}; choose 'invariant' or 'per_batch'")
+        for name in ("rows_per_device", "prompt_bucket", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Batching.{name} must be ≥ 1, got {getattr(self, name)}")
+
+
+def calls(lengths: Sequence[int], batching: Batching, batch_ways: int = 1) -> list[tuple[list[int], int]]:
+    """The generate calls of an evaluation: (example indices, padded prompt length) each, every index exactly once.
+    Invariant calls hold `rows_per_device × batch_ways` rows; per-batch calls `batch_size`."""
+    if batching.mode == "per_batch":
+        chunks = [list(range(i, min(i + batching.batch_size, len(lengths))))
+                  for i in range(0, len(lengths), batching.batch_size)]
+        return [(chunk, max(lengths[i] for i in chunk)) for chunk in chunks]
+    width = lambda n: -(-max(n, 1) // batching.prompt_bucket) * batching.prompt_bucket  # noqa: E731
+    rows = batching.rows_per_device * batch_ways
+    out = []
+    for padded in sorted({width(n) for n in lengths}):
+        members = [i for i, n in enumerate(lengths) if width(n) == padded]
+        out += [(members[i:i + rows], padded) for i in range(0, len(members), rows)]
+    return out
+
+
+def call_rows(batching: Batching, batch_ways: int) -> int | None:
+    """Rows of every generate call (invariant; a short call is filled with copies), or None (per-batch: each
+    call holds `batch_size` rows, the last one filled the same way)."""
+    return batching.rows_per_device * batch_ways if batching.mode == "invariant" else batching.batch_size
+
+
+def left_pad(ids: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids and attention mask, int32 [N, width]."""
+    ids_NxP = np.full((len(ids), width), pad_id, np.int32)
+    mask_NxP = np.zeros((len(ids), width), np.int32)
+    for row, x in enumerate(ids):
+        if len(x):
+            ids_NxP[row, width - len(x):] = x
+            mask_NxP[row, width - len(x):] = 1
+    return ids_NxP, mask_NxP
+
+
+def complete(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]], sampler: SamplerConfig, *,
+             batching: Batching = Batching(), rng: jax.Array | None = None, mesh=None) -> list[str]:
+    """Completions of every tokenised prompt, generated in the calls `batching` makes (`calls`); a call whose first
+    example is example `i` samples with `fold_in(rng, i)` when `rng` is given."""
+    from dllm_rl.parallel import mesh as mesh_lib
+
+    ways = 1 if mesh is None else mesh_lib.batch_ways(mesh)
+    rows = call_rows(batching, ways)
+    completions: list[str | None] = [None] * len(prompt_ids)
+    for members, width in calls([len(x) for x in prompt_ids], batching, ways):
+        filled = members + [members[-1]] * (rows - len(members))
+        ids_BxP, mask_BxP = left_pad([prompt_ids[i] for i in filled], width, tokenizer.pad_token_id)
+        key = None if rng is None else jax.random.fold_in(rng, members[0])
+        rollout = generate(model_config, params, ids_BxP, sampler, attention_mask=mask_BxP, rng=key, mesh=mesh)
+        tokens_BxL = multihost.all_rows(rollout.tokens)[: len(members), width:]
+        for i, text in zip(members, tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)):
+            completions[i] = text
     return completions
 
 
 def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dict], sampler: SamplerConfig, *,
-             batch_size: int, prompt_style: str = "agrpo", max_prompt_length: int | None = None,
-             keep_last: int | None = None, strict: bool = False, reward_style: str | None = None,
-             rng: jax.Array | None = None, mesh=None) -> list[Graded]:
+             batching: Batching = Batching(), prompt_style: str = "agrpo", keep_last: int | None = None,
+             strict: bool = False, reward_style: str | None = None, rng: jax.Array | None = None,
+             mesh=None) -> list[Graded]:
     """Generates (with `protocol(sampler)`) and grades one completion per example. `keep_last` keeps only each
     prompt's last tokens (small test models); `strict` adds the strict score, `reward_style` the training
     reward's total."""
     prompts = render_prompts(tokenizer, task, examples, style=prompt_style)
-    ids_NxP, mask_NxP = tokenizer.batch_encode(prompts, max_length=max_prompt_length, keep_last=keep_last)
-    completions = complete(model_config, params, tokenizer, ids_NxP, mask_NxP, protocol(sampler),
-                           batch_size=batch_size, rng=rng, mesh=mesh)
+    prompt_ids = [tokenizer.encode(p)[-keep_last:] if keep_last else tokenizer.encode(p) for p in prompts]
+    completions = complete(model_config, params, tokenizer, prompt_ids, protocol(sampler), batching=batching,
+                           rng=rng, mesh=mesh)
     return [Graded(prompt, text, task.score(text, ex), task.score(text, ex, strict=True) if strict else None,
                    task.reward(text, ex, style=reward_style).total if reward_style else None)
             for prompt, text, ex in zip(prompts, completions, examples)]

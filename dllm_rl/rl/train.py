@@ -163,13 +163,13 @@ class Trainer:
         """Per-example held-out evaluation (`rl.evaluate`) of the examples of `eval_set`.
 
         Greedy by default (the papers' protocol); an `eval_sampler` with temperature > 0 samples with the same
-        key at every evaluation, so evaluations differ only through the policy. Prompts are padded to the
-        longest of these prompts, as `experiments.eval` pads them, so both give the same completions.
+        key at every evaluation, so evaluations differ only through the policy. Batched as `experiments.eval`
+        batches with the same settings (`rl.evaluate.Batching`), so both give the same completions.
         """
         tc = self.train_cfg
         return eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, self.eval_set[1],
                                  self.cfg.eval_sampler or eval_lib.greedy(self.cfg.rollout),
-                                 batch_size=tc.eval_batch_size, prompt_style=tc.prompt_style,
+                                 batching=self.cfg.eval_batching, prompt_style=tc.prompt_style,
                                  reward_style=tc.reward_style, rng=self._eval_key, mesh=self.mesh)
 
     def evaluate(self, sampling_params, step: int | None = None) -> dict[str, float]:

@@ -43,7 +43,8 @@ Measured on the golden fixtures (2 rows x 16 generated tokens, blocks of 8, 8 st
 differ from the exact (reference) output: t0_lowconf 3/32 (GQA model: 4/32), t0_lowconf_cfg1 4/32, t08_lowconf
 (Gumbel draws replayed) 12/32, t0_random (random remasking, draws replayed) 19/32; the state after step 0 is
 identical in all five. These tiny random models are a hard case (confidences rarely above 0.5, so small logit shifts
-change choices, and early changes propagate); tests/test_sampling_fast.py pins the numbers.
+change choices, and early changes propagate); tests/test_sampling_fast.py checks the fast mode token for token
+against an independent float64 NumPy version of it (tests/helpers/ref_fast_llada.py).
 """
 from __future__ import annotations
 

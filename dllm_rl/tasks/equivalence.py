@@ -35,7 +35,7 @@ CPU_BUDGET_S = 1.0  # helper CPU seconds one check may use (~0.06 s is typical o
 WALL_LIMIT_S = 60.0  # safety net against a wedged helper: ~60× the budget, so load alone never reaches it
 CACHE_SIZE = 8_192  # (gold, pred) pairs remembered; answers are at most 4,096 characters
 _STARTUP_TIMEOUT_S = 120.0  # importing sympy in a fresh helper can take seconds on a loaded machine
-_REAP_TIMEOUT_S = 5.0  # how long to wait for a helper that closed its stdout to exit
+_REAP_TIMEOUT_S = 60.0  # a helper that closed its stdout is exiting; a saturated machine can take seconds
 _CRASHED, _WEDGED = "crashed", "wedged"  # attempt outcomes that say nothing about the answer
 
 
