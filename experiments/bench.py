@@ -16,8 +16,8 @@
   python -m experiments.bench train_step --model 8b --dtype bfloat16 --batch 8 --prompt_len 128 --gen_length 384 \
       --lora_rank 64 --remat full --attention_impl cudnn
       # one AGRPO timestep forward+backward (target: <= 0.35 s, <= 35 GiB on one H100)
-  python -m experiments.bench eval_batching --task gsm8k --examples 64 --d_model 512 --n_layers 8 --vocab 126464 \
-      --tokenizer_dir dllm_rl/assets/llada_8b_instruct_meta --gen_length 128 --block_length 32 --steps 64
+  python -m experiments.bench eval_batching --task gsm8k --examples 32 --d_model 256 --n_layers 4 \
+      --tokenizer_dir dllm_rl/assets/demo_model --gen_length 64 --block_length 32 --steps 32
       # evaluation time per example, batch-invariant (length buckets, fixed rows per device) vs the reference's
       # per-batch padding, and how many completions each choice changes
 
@@ -404,7 +404,9 @@ def add_eval_batching_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="gsm8k")
     p.add_argument("--split", default=None, help="default: the task's evaluation split")
     p.add_argument("--examples", type=int, default=64, help="the first N examples of the split")
-    p.add_argument("--tokenizer_dir", default=str(LLADA_8B_META_DIR))
+    p.add_argument("--tokenizer_dir", default="dllm_rl/assets/demo_model",
+                   help="tokenizer.json folder (default: the demo's character tokenizer, vocabulary 160, which "
+                        "matches --model tiny; GSM8K prompts are then 600-900 tokens)")
     p.add_argument("--ckpt_dir", default=None, help="an Orbax model folder instead of random weights")
     p.add_argument("--gen_length", type=int, default=128)
     p.add_argument("--block_length", type=int, default=32)
@@ -426,7 +428,7 @@ def run_eval_batching(args) -> dict:
     from dllm_rl.tasks import get_task, render_prompts
     from dllm_rl.tokenizer import Tokenizer
 
-    config, params = load_orbax(args.ckpt_dir) if args.ckpt_dir else load_model(args)
+    config, params = load_orbax(args.ckpt_dir, dtype=args.dtype) if args.ckpt_dir else load_model(args)
     tokenizer, task = Tokenizer.from_dir(args.tokenizer_dir), get_task(args.task)
     examples = task.load(args.split or task.default_eval_split)[:args.examples]
     sampler = SamplerConfig(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length)

@@ -78,21 +78,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiny_model(tmp, tiny_dir, tiny_tokenizer_dir):
-    """The tiny golden checkpoint as an Orbax model folder with the tiny tokenizer (what convert writes)."""
-    out = tmp / "tiny_model"
-    subprocess.run(module("dllm_rl.convert") + ["--hf_dir", str(tiny_dir), "--out_dir", str(out), "--dtype",
-                                                "float32"], check=True, timeout=300, cwd=REPO,
-                   env=dict(os.environ, JAX_PLATFORMS="cpu"))
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_dir, tiny_tokenizer_dir):
+    """The tiny golden checkpoint as an Orbax model folder with the tiny tokenizer (what convert writes), made once
+    for the module (the tests below only read it)."""
+    from dllm_rl.convert import convert
+
+    out = tmp_path_factory.mktemp("cli") / "tiny_model"
+    convert(str(tiny_dir), str(out), "float32", progress=False)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_tokenizer_dir / name, out / name)
     return out
 
 
-def example_cases(tmp, tiny_dir, tiny_tokenizer_dir):
+def example_cases(tmp, tiny_dir, model):
     """Per command: (which of its --help examples runs, placeholder → path substitutions, arguments appended to
     shrink it to this machine: argparse keeps a repeated flag's last value)."""
-    model = _tiny_model(tmp, tiny_dir, tiny_tokenizer_dir)
     run_dir = tmp / "demo_run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "reward_mean": 0.1, "eval_accuracy": 0.0}) + "\n"
@@ -117,10 +118,10 @@ def example_cases(tmp, tiny_dir, tiny_tokenizer_dir):
 
 @pytest.mark.parametrize("command", ["experiments.eval", "experiments.plot", "experiments.run", "dllm_rl.convert",
                                      "dllm_rl.export", "dllm_rl.parallel.multihost"])
-def test_the_example_in_each_help_runs(command, tmp_path, tiny_dir, tiny_tokenizer_dir):
+def test_the_example_in_each_help_runs(command, tmp_path, tiny_dir, tiny_model):
     """The example every --help shows runs as written, its paths pointed at tiny fixtures and its sizes shrunk by
     appended flags (experiments.aot, bench and sweep run theirs in test_aot.py, test_bench.py, test_sweep.py)."""
-    index, substitutions, tiny = example_cases(tmp_path, tiny_dir, tiny_tokenizer_dir)[command]
+    index, substitutions, tiny = example_cases(tmp_path, tiny_dir, tiny_model)[command]
     example = help_examples(command)[index]
     for placeholder in substitutions:
         assert any(placeholder in a for a in example), (placeholder, example)
@@ -173,16 +174,14 @@ def test_the_library_never_imports_the_entry_points():
 
 
 @pytest.mark.parametrize("tool", ["convert", "export"])
-def test_file_tools_run_on_the_cpu_backend_whatever_jax_platforms_says(tool, tmp_path, tiny_dir):
+def test_file_tools_run_on_the_cpu_backend_whatever_jax_platforms_says(tool, tmp_path, tiny_dir, tiny_model):
     """On a TPU VM the converter and the exporter must not initialise the TPU (a lone worker of a slice would wait
     for its peers; a running job holds the chips): with JAX_PLATFORMS=tpu on this machine, which has no TPU, they
     still work."""
     if tool == "convert":
         command = module("dllm_rl.convert") + ["--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path / "out")]
     else:
-        subprocess.run(module("dllm_rl.convert") + ["--hf_dir", str(tiny_dir), "--out_dir", str(tmp_path / "m")],
-                       check=True, timeout=300, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-        command = module("dllm_rl.export") + ["--ckpt_dir", str(tmp_path / "m"), "--out_dir", str(tmp_path / "out"),
+        command = module("dllm_rl.export") + ["--ckpt_dir", str(tiny_model), "--out_dir", str(tmp_path / "out"),
                                               "--format", "hf"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
                             env=dict(os.environ, JAX_PLATFORMS="tpu"))

@@ -58,6 +58,7 @@ def test_eval_on_an_fsdp_mesh_gives_the_one_device_completions(tmp_path, tiny_di
     assert bad.returncode == 2 and "--batch_size" in bad.stderr and "not divisible" in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow
 def test_lora_dir_reproduces_the_trainers_final_evaluation(tmp_path):
     """`experiments.eval --lora_dir W` evaluates the policy a LoRA run trained (the SFT-warm-started base saved in
     its checkpoint plus its adapters, unmerged) and reproduces the run's own final evaluation: the same examples,

@@ -89,12 +89,18 @@ def test_forward_at_gathers_before_head(tiny):
                                np.take_along_axis(np.asarray(full), np.asarray(pos)[..., None], 1), atol=1e-5)
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
-def test_remat_gives_same_gradients(tiny, remat):
+@pytest.fixture(scope="module")
+def forward_grad(tiny):
+    """remat -> gradient of a forward's mean square on the tiny model (jitted once per remat policy, shared)."""
     config, params = tiny
     ids = jnp.asarray(np.random.default_rng(2).integers(0, config.vocab_size, (1, 8)))
-    loss = lambda p, r: jnp.mean(llada.forward(config, p, ids, remat=r) ** 2)
-    chex.assert_trees_all_close(jax.grad(loss)(params, remat), jax.grad(loss)(params, "none"), rtol=1e-5, atol=1e-6)
+    grad = jax.jit(jax.grad(lambda p, r: jnp.mean(llada.forward(config, p, ids, remat=r) ** 2)), static_argnums=1)
+    return lambda remat: grad(params, remat)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_gives_same_gradients(forward_grad, remat):
+    chex.assert_trees_all_close(forward_grad(remat), forward_grad("none"), rtol=1e-5, atol=1e-6)
 
 
 def test_remat_reaches_the_cached_forwards(tiny):
@@ -108,10 +114,13 @@ def test_remat_reaches_the_cached_forwards(tiny):
         logits = llada.forward_window_at(config, p, ids[:, 5:], 5, k[:, :, :5], v[:, :, :5], pos, remat=remat)
         return jnp.mean(h ** 2) + jnp.mean(logits ** 2)
 
+    # Jitted, as in training: one program per remat policy.
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    want_loss, want_grads = value_and_grad(params, "none")
     for remat in ("full", "dots"):
-        np.testing.assert_allclose(loss(params, remat), loss(params, "none"), rtol=1e-6)
-        chex.assert_trees_all_close(jax.grad(loss)(params, remat), jax.grad(loss)(params, "none"), rtol=1e-5,
-                                    atol=1e-6)
+        got_loss, got_grads = value_and_grad(params, remat)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+        chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="remat"):
         llada.hidden_states_and_kv(config, params, ids, remat="everything")
 

@@ -43,11 +43,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir, mesh, num_processes=1, devices=8, extra=()):
-    """Starts `experiments.run` as `num_processes` processes sharing `devices` fake CPU devices."""
+def _start(workdir, mesh, num_processes=1, devices=8, extra=(), flags=()):
+    """Starts `experiments.run` (with `flags`) as `num_processes` processes sharing `devices` fake CPU devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // num_processes} {FAST_COMPILE}")
-    cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress"]
+    cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress",
+           "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"], *flags]  # the session's cache (conftest)
     for binding in TINY + [mesh, *extra]:
         cmd += ["--gin_binding", binding]
     if num_processes > 1:
@@ -57,9 +58,9 @@ def _start(workdir, mesh, num_processes=1, devices=8, extra=()):
             for i in range(num_processes)]
 
 
-def _train(workdir, mesh, num_processes=1, devices=8, extra=()):
+def _train(workdir, mesh, num_processes=1, devices=8, extra=(), flags=()):
     """Runs `experiments.run` (see `_start`) to the end; returns the metric rows (without timings)."""
-    procs = _start(workdir, mesh, num_processes, devices, extra)
+    procs = _start(workdir, mesh, num_processes, devices, extra, flags)
     try:
         outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     finally:
@@ -98,10 +99,11 @@ def test_two_processes_train_like_one_and_resume_in_one(tmp_path):
         assert os.path.exists(tmp_path / name / "operative_config.gin")
         _assert_same_run(rows, load_orbax(tmp_path / name / FINAL_MODEL_DIR)[1], ref_rows, ref_params)
 
-    # The 2-process FSDP run's step-2 checkpoint, resumed by 1 process on an FSDP × tensor mesh, redoes step 3.
+    # The 2-process FSDP run's step-2 checkpoint, resumed by 1 process on an FSDP × tensor mesh, redoes step 3
+    # (the mesh is part of the config: the resume says it changes it on purpose).
     shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed", ignore=shutil.ignore_patterns(FINAL_MODEL_DIR))
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "3")
-    rows = _train(tmp_path / "resumed", FSDP_TENSOR)
+    rows = _train(tmp_path / "resumed", FSDP_TENSOR, flags=["--allow_config_change"])
     _assert_same_run(rows, load_orbax(tmp_path / "resumed" / FINAL_MODEL_DIR)[1], ref_rows, ref_params)
 
 

@@ -40,9 +40,10 @@ def test_key_noise_is_per_candidate_and_stays_in_the_kept_set():
     logits = jnp.asarray(np.random.default_rng(1).normal(0, 2, (2, 5, 300)), jnp.float32)
     sampler = sampler_config(steps=2, gen_length=10, block_length=5, temperature=1.0, top_k=7, top_p=0.9,
                              record=True)
+    keyed = jax.jit(lambda key: propose(logits, sampler, key, True))  # as in the sampler: one program, 3 keys
+    keep = np.asarray(trunc.keep_mask(logits, 7, 0.9))
     for seed in range(3):
-        prop = propose(logits, sampler, jax.random.key(seed), True)
-        keep = np.asarray(trunc.keep_mask(logits, 7, 0.9))
+        prop = keyed(jax.random.key(seed))
         assert np.take_along_axis(keep, np.asarray(prop.x0_BxN)[..., None], -1).all()
         assert np.all(np.asarray(prop.logp_BxN) <= 0)
 

@@ -31,9 +31,13 @@ def test_markdown_table_lists_every_config_with_its_per_seed_gains():
 @pytest.mark.slow
 def test_the_documented_sweep_runs_and_resumes_without_retraining(tmp_path):
     """The --help example, shrunk (2 seeds, 1 RL step, 16 test examples), twice: the second call trains nothing."""
-    example = [line.strip().rstrip("\\").strip() for line in sweep.__doc__.splitlines() if line.strip()]
-    start = next(i for i, line in enumerate(example) if line.startswith("python -m experiments.sweep"))
-    args = shlex.split(" ".join(example[start:start + 2]))[3:]
+    lines = [line.strip() for line in sweep.__doc__.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("python -m experiments.sweep"))
+    command = lines[start]  # the docstring's backslash-newline already joined the example's two lines
+    while command.endswith("\\"):  # (a raw docstring would keep them apart)
+        start += 1
+        command = command[:-1] + " " + lines[start]
+    args = shlex.split(command)[3:]
     tiny = ["--seeds", "0,1", "--out_dir", str(tmp_path), "--test_examples", "16"] + [
         a for b in ("dllm_rl.TrainConfig.num_steps = 1", "dllm_rl.TrainConfig.sft_steps = 2",
                     "dllm_rl.TrainConfig.eval_every = 1", "dllm_rl.TrainConfig.eval_examples = 8",

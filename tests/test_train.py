@@ -125,7 +125,9 @@ def test_trainer_runs_the_splash_loss_per_device_under_its_mesh():
 
 
 def _run(workdir, extra=(), **popen):
-    cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress"]
+    # The session's compilation cache (tests/conftest.py): the runs below compile the same programs.
+    cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress",
+           "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"]]
     for b in SMALL + list(extra):
         cmd += ["--gin_binding", b]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -158,6 +160,7 @@ def _wait_for_checkpoint(workdir, step, proc, timeout=600):
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     killed = _run(tmp_path / "b")
     _wait_for_checkpoint(tmp_path / "b", 2, killed)
