@@ -1,6 +1,6 @@
 """Device mesh from a spec, logical-axis rules → `NamedSharding`s for params and batches.
 
-Each parameter carries logical axis names (`models.llada.param_logical_axes`); one rules table maps them to
+Each parameter carries logical axis names (`models.decoder.param_logical_axes`); one rules table maps them to
 mesh axes (`data`, `fsdp`, `tensor`), as MaxText's `logical_axis_rules` and big_vision's `sharding.py` do. The
 table is `MeshConfig.rules`: the trainer lays out params, LoRA adapters, optimizer state and batches with it, so
 changing the parallelism strategy is a config change (`dllm_rl.MeshConfig.rules` in gin). Meshes use Auto axis
@@ -30,6 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
+    ("expert", None),  # MoE experts: map to a mesh axis for expert parallelism (models.moe)
     ("lora_rank", "fsdp"),  # where 'fsdp' is not taken by the factor's other dimension (see lora_shardings)
 )
 
@@ -107,11 +108,10 @@ def tree_shardings(mesh: Mesh, logical_tree: Any, rules=DEFAULT_RULES) -> Any:
 
 
 def param_shardings(mesh: Mesh, config=None, rules=DEFAULT_RULES) -> Any:
-    """NamedSharding per LLaDA parameter (same tree as the params)."""
-    from dllm_rl.models.llada import param_logical_axes
+    """NamedSharding per parameter of `config`'s family (same tree as the params); None: LLaDA's tree."""
+    from dllm_rl.models.decoder import param_logical_axes
 
-    del config  # the layout does not depend on sizes; kept for call-site symmetry with param_shapes(config)
-    return tree_shardings(mesh, param_logical_axes(), rules)
+    return tree_shardings(mesh, param_logical_axes(config), rules)
 
 
 def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_RULES) -> Any:

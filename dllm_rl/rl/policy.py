@@ -67,7 +67,7 @@ def load_run_policy(run_dir: str, model_config: llada.LLaDAConfig, base_params: 
         return sampling_params(_place_adapters(adapters, lora_config, mesh, rules), base_params,
                                lora_config), lora_config
     checkpoint = TrainerCheckpoint(trainer_state_dir(run_dir, step))
-    param_shardings = mesh_lib.param_shardings(mesh, rules=rules)
+    param_shardings = mesh_lib.param_shardings(mesh, model_config, rules=rules)
     if checkpoint.has_base:
         base_params = _restore_onto(checkpoint.state_dir, "base", checkpoint.metadata, param_shardings)
     if not checkpoint.is_lora:

@@ -86,7 +86,7 @@ class Trainer:
 
     def param_shardings(self, model_config: llada.LLaDAConfig):
         """Shardings of the model params, checked against their shapes."""
-        shardings = mesh_lib.param_shardings(self.mesh, rules=self.rules)
+        shardings = mesh_lib.param_shardings(self.mesh, model_config, rules=self.rules)
         _as_train_error(mesh_lib.check_divisible, llada.param_shapes(model_config), shardings)
         return shardings
 
