@@ -374,6 +374,13 @@ def test_other_families_sample_on_their_aligned_logits(family, infill):
     np.testing.assert_array_equal(r.tokens, want[-1])
 
 
+def test_fast_mode_refuses_a_shifted_family(uncompiled_generate):
+    config, params, _ = family_goldens.load("dream")
+    with pytest.raises(SamplerInputError, match="fast=True is not implemented for the dream family"):
+        uncompiled_generate(config, params, np.ones((1, 4), np.int32), steps=4, gen_length=8, block_length=4,
+                            fast=True)
+
+
 AGRPO_CASES = [  # prompt len, gen, block, steps, temperature, remasking, top_k, top_p, favour EOS
     (3, 20, 5, 20, 0.9, "random", 12, 0.9, False),      # prompt shorter than a block; 1 token per step
     (6, 24, 8, 12, 0.6, "low_confidence", 30, 1.0, False),
