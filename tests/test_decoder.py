@@ -28,7 +28,7 @@ def test_mixed_layers_split_the_ffn_stacks():
     assert decoder._runs(config) == [(0, 1, "dense"), (1, 3, "moe"), (3, 4, "dense")]
 
 
-@pytest.mark.parametrize("pattern", [(0, 1, 1, 0), (1, 0, 1)])
+@pytest.mark.parametrize("pattern", [(0, 1, 1, 0), (1, 0)])
 def test_mixed_layers_equal_running_each_layer_alone(pattern):
     """The run scans over static slices equal a chain of one-layer models built from layer i's own params."""
     config = _mixed_config(pattern)
@@ -54,7 +54,9 @@ def test_mixed_layers_emit_every_layer_and_remat():
     _, states = models.hidden_states(config, params, ids, return_all=True)
     _, k, v = models.hidden_states_and_kv(config, params, ids)
     assert states.shape == (5, 2, 7, 64) and k.shape == v.shape == (4, 2, 7, 4, 16)
-    loss = lambda p, r: jnp.sum(models.forward(config, p, ids, remat=r)[:, 2:] ** 2)
+    config = _mixed_config((1, 0))
+    params = models.init_params(config, jax.random.key(0))
+    loss = lambda p, r: jnp.sum(models.forward(config, p, ids[:1], remat=r)[:, 2:] ** 2)
     chex.assert_trees_all_close(jax.grad(loss)(params, "full"), jax.grad(loss)(params, "none"), rtol=1e-4,
                                 atol=1e-3)  # gradients up to about 15: float32 summation order
 

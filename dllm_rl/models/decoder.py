@@ -16,7 +16,7 @@ Params (letters of docs/shapes.md; E experts, Fe / Fs expert / shared-expert wid
 
 Layers are stacked on a leading Ly axis and run by `lax.scan` (one compiled layer, optional remat). Mixed dense and
 MoE layers (HF `moe_layer_freq`) cannot share one stacked tree, since their FFN leaves differ. When every layer has
-the same FFN kind (LLaDA, Dream, A2D-Qwen3, and LLaDA-MoE as released with every layer MoE) all leaves stay in
+the same FFN kind (LLaDA, Dream, A2D-Qwen3, and LLaDA-MoE when every layer is MoE) all leaves stay in
 `layers`, so LLaDA's tree is unchanged. Otherwise the leaves every layer has (attention, norms) stay in `layers`
 [Ly, ...], the FFN leaves move to `dense_ffn` [Ld, ...] and `moe_ffn` [Lm, ...], and the layers run as one scan
 per maximal run of consecutive same-kind layers over static slices of those stacks. That is MaxText's choice for
