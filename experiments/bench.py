@@ -16,6 +16,10 @@
   python -m experiments.bench train_step --model 8b --dtype bfloat16 --batch 8 --prompt_len 128 --gen_length 384 \
       --lora_rank 64 --remat full --attention_impl cudnn
       # one AGRPO timestep forward+backward (target: <= 0.35 s, <= 35 GiB on one H100)
+  python -m experiments.bench eval_batching --task gsm8k --examples 64 --d_model 512 --n_layers 8 --vocab 126464 \
+      --tokenizer_dir dllm_rl/assets/llada_8b_instruct_meta --gen_length 128 --block_length 32 --steps 64
+      # evaluation time per example, batch-invariant (length buckets, fixed rows per device) vs the reference's
+      # per-batch padding, and how many completions each choice changes
 
 Random weights unless --hf_dir is given. MFU counts the matmul FLOPs a step really does: 2 x (non-embedding,
 non-head params) per sequence token, 2 x head params per scored position (logits only for the current block),
@@ -279,8 +283,8 @@ def run_sampler_profile(args) -> dict:
 
 def add_sampler_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", default="v5e:2x4", help="TPU topology name for jax.experimental.topologies")
-    p.add_argument("--mesh", type=mesh_flag, default="data=1,fsdp=8,tensor=1",
-                   help="mesh axis sizes over the topology's chips")
+    p.add_argument("--mesh", type=mesh_flag, default="data=1,fsdp=-1,tensor=1",
+                   help="mesh axis sizes over the topology's devices (default: FSDP over all of them)")
     add_rollout_args(p, "bfloat16", 8, 128, 384, 12, 0.6, 150, 0.99)
     p.add_argument("--steps", type=int, default=128)
     p.add_argument("--remasking", default="random")
@@ -394,9 +398,65 @@ def run_train_step(args) -> dict:
     }
 
 
+def add_eval_batching_args(p: argparse.ArgumentParser) -> None:
+    add_model_size_args(p)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--task", default="gsm8k")
+    p.add_argument("--split", default=None, help="default: the task's evaluation split")
+    p.add_argument("--examples", type=int, default=64, help="the first N examples of the split")
+    p.add_argument("--tokenizer_dir", default=str(LLADA_8B_META_DIR))
+    p.add_argument("--ckpt_dir", default=None, help="an Orbax model folder instead of random weights")
+    p.add_argument("--gen_length", type=int, default=128)
+    p.add_argument("--block_length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--rows_per_device", type=int, default=8)
+    p.add_argument("--prompt_bucket", type=int, default=64)
+    p.add_argument("--batch_sizes", default="8,3", help="per-batch sizes to compare (the first is timed)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_eval_batching(args) -> dict:
+    """Seconds per example of `rl.evaluate.evaluate` with invariant and per-batch batching (compile excluded:
+    each is run once first), the prompt tokens each pads to, and how many completions differ between per-batch
+    batch sizes and between the two batchings."""
+    from dllm_rl.checkpoint import load_orbax
+    from dllm_rl.rl import evaluate as eval_lib
+    from dllm_rl.sampling import SamplerConfig
+    from dllm_rl.tasks import get_task, render_prompts
+    from dllm_rl.tokenizer import Tokenizer
+
+    config, params = load_orbax(args.ckpt_dir) if args.ckpt_dir else load_model(args)
+    tokenizer, task = Tokenizer.from_dir(args.tokenizer_dir), get_task(args.task)
+    examples = task.load(args.split or task.default_eval_split)[:args.examples]
+    sampler = SamplerConfig(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length)
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    batchings = {"invariant": eval_lib.Batching(rows_per_device=args.rows_per_device, prompt_bucket=args.prompt_bucket),
+                 **{f"per_batch_{n}": eval_lib.Batching(mode="per_batch", batch_size=n) for n in sizes}}
+    calls = {name: (lambda i, b=b: [g.completion for g in eval_lib.evaluate(config, params, tokenizer, task, examples,
+                                                                            sampler, batching=b)])
+             for name, b in batchings.items()}
+    timed = {k: calls[k] for k in ("invariant", f"per_batch_{sizes[0]}")}
+    first, times, results = time_alternating(timed, args.repeats)
+    for name in batchings:
+        results.setdefault(name, calls[name](0))
+    lengths = [len(tokenizer.encode(p)) for p in render_prompts(tokenizer, task, examples)]
+    padded = {name: sum(len(members) * width for members, width in eval_lib.calls(lengths, b))
+              for name, b in batchings.items()}
+    differ = lambda a, b: sum(x != y for x, y in zip(results[a], results[b]))  # noqa: E731
+    return {"bench": "eval_batching", "task": args.task, "examples": len(examples), "dtype": args.dtype,
+            "prompt_tokens": int(sum(lengths)), "padded_prompt_tokens": padded,
+            "seconds_per_example": {k: statistics.median(v) / len(examples) for k, v in times.items()},
+            "first_run_seconds": first,
+            "differing_completions": {f"per_batch_{sizes[0]}_vs_{n}": differ(f"per_batch_{sizes[0]}", f"per_batch_{n}")
+                                      for n in sizes[1:]} | {"invariant_vs_per_batch": differ(
+                                          "invariant", f"per_batch_{sizes[0]}")}}
+
+
 COMMANDS = {"sampler": (add_sampler_args, run_sampler), "sampler_profile": (add_sampler_profile_args, run_sampler_profile),
             "sampler_compile": (add_sampler_compile_args, run_sampler_compile),
-            "train_step": (add_train_step_args, run_train_step)}
+            "train_step": (add_train_step_args, run_train_step),
+            "eval_batching": (add_eval_batching_args, run_eval_batching)}
 
 
 def main(argv=None) -> dict:

@@ -108,7 +108,7 @@ def test_demo_config_compiles_for_a_tpu_topology(capsys):
     assert rows[2]["alias_bytes"] > 0
 
 
-def test_a_program_the_compiler_refuses_is_a_row_that_does_not_fit(monkeypatch, capsys):
+def test_a_program_the_compiler_refuses_is_a_row_that_does_not_fit(monkeypatch):
     _need_libtpu()
 
     def refuse(setup, name, topology, hbm):

@@ -25,3 +25,13 @@ def test_sampler_profile_smoke():
     result = bench.main(["sampler_profile", "--vocab", "300", "--repeats", "1"] + ROLLOUT)
     assert result["bench"] == "sampler_profile"
     assert all(result[k] > 0 for k in ("forward_at_block_s", "top_k_top_p_candidates_s", "gumbel_vocab_s"))
+
+
+def test_eval_batching_smoke(tiny_tokenizer_dir):
+    result = bench.main(["eval_batching", "--task", "increment", "--examples", "6", "--tokenizer_dir",
+                         str(tiny_tokenizer_dir), "--gen_length", "8", "--block_length", "8", "--steps", "4",
+                         "--rows_per_device", "4", "--prompt_bucket", "16", "--batch_sizes", "4,3", "--dtype",
+                         "float32"])
+    assert result["examples"] == 6 and set(result["seconds_per_example"]) == {"invariant", "per_batch_4"}
+    assert result["padded_prompt_tokens"]["invariant"] >= result["prompt_tokens"]
+    assert set(result["differing_completions"]) == {"per_batch_4_vs_3", "invariant_vs_per_batch"}

@@ -96,4 +96,4 @@ def test_llada_8b_skips_every_weights_cell_without_weights(tmp_path, monkeypatch
     monkeypatch.setenv("LLADA_WEIGHTS_DIR", str(tmp_path / "no_weights"))
     outputs = execute("llada_8b.ipynb", NOTEBOOKS)
     skipped = [o for o in outputs if o.startswith("skipped: no LLaDA weights")]
-    assert len(skipped) == 5, outputs
+    assert len(skipped) == 6, outputs
