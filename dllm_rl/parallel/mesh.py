@@ -114,14 +114,15 @@ def param_shardings(mesh: Mesh, config=None, rules=DEFAULT_RULES) -> Any:
     return tree_shardings(mesh, param_logical_axes(config), rules)
 
 
-def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_RULES) -> Any:
-    """NamedSharding per LoRA factor (the adapters' tree; `adapter_shapes` holds their shape tuples).
+def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_RULES, model_config=None) -> Any:
+    """NamedSharding per LoRA factor (the adapters' tree; `adapter_shapes` holds their shape tuples) of
+    `model_config`'s family (None: LLaDA's tree).
 
     With the default rules every factor is split over 'fsdp' once: A along its input (`embed`) or, where that is
     not an fsdp dimension (ff_out's `mlp`), along the rank; B along the rank. A rank the mesh axes do not divide
     (a small rank on a large mesh) stays whole in that factor: adapters are small, replicating them is cheap.
     """
-    from dllm_rl.models.llada import param_logical_axes
+    from dllm_rl.models.decoder import param_logical_axes
     from dllm_rl.models.lora import lora_logical_axes
 
     whole_rank = tuple((name, None if name == "lora_rank" else target) for name, target in rules)
@@ -133,7 +134,7 @@ def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_R
             spec = logical_to_spec(axes, whole_rank, mesh)
         return NamedSharding(mesh, spec)
 
-    return jax.tree.map(sharding, lora_logical_axes(lora_config, param_logical_axes()), adapter_shapes,
+    return jax.tree.map(sharding, lora_logical_axes(lora_config, param_logical_axes(model_config)), adapter_shapes,
                         is_leaf=_is_axes)
 
 

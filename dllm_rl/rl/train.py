@@ -93,7 +93,7 @@ class Trainer:
     def place_lora(self, adapters):
         """LoRA adapters on their shardings (the optimizer state, created from them, follows)."""
         shapes = jax.tree.map(lambda x: x.shape, adapters)
-        shardings = mesh_lib.lora_shardings(self.mesh, self.cfg.lora, shapes, self.rules)
+        shardings = mesh_lib.lora_shardings(self.mesh, self.cfg.lora, shapes, self.rules, self.model_config)
         _as_train_error(mesh_lib.check_divisible, shapes, shardings, "LoRA adapter")
         return jax.device_put(adapters, shardings)
 
