@@ -30,3 +30,17 @@ def test_llada_configs_with_and_without_model_type():
 def test_unknown_family_is_named():
     with pytest.raises(models.ConfigError, match="unknown model family.*'qwen2'"):
         models.config_from_hf({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]})
+
+
+def test_readme_families_table_lists_every_family_and_existing_configs():
+    """README's "Model families" table has a row per family here and names only configs that exist."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).parents[1]
+    section = (root / "README.md").read_text().split("## Model families\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")} - {"family"}
+    names = {"llada": "LLaDA", "dream": "Dream", "a2d_qwen3": "A2D-Qwen3", "llada_moe": "LLaDA-MoE"}
+    assert {names[f] for f in models.FAMILIES} <= rows
+    gins = re.findall(r"`(\w+\.gin)`", section)
+    assert len(gins) == 4 and all((root / "experiments/configs" / g).exists() for g in gins)
