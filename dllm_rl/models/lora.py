@@ -11,8 +11,9 @@ o_proj, gate_proj, up_proj, down_proj in the Qwen-style families. Per family:
   (wherever `moe_layer_freq` has them; a model whose every layer is MoE has none, and naming them is an error);
   shared_ff_proj / shared_up_proj / shared_ff_out adapt the shared expert, which every token of an MoE layer runs.
   Not adapted: the routed experts' kernels (a per-expert adapter needs an expert-batched low-rank path inside
-  `moe.moe_ffn`'s einsums, and E times the adapter parameters) and the router (its output picks the top-k experts,
-  a discrete choice: adapting it changes which experts run, and no load-balancing term keeps routing sane here).
+  `moe.moe_ffn`'s einsums, and E times the adapter parameters) and the router (its output picks the top-k experts:
+  an adapter there would change which experts each token runs; frozen, the base model's routing is kept).
+`check_targets` tells, from a model config alone, whether a LoRAConfig fits that family (before weights load).
 Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the kernels), initialised as PEFT does
 (A Kaiming-uniform, B zero), so a fresh adapter leaves the model unchanged.
 
@@ -136,6 +137,13 @@ def _targets(base: Params, config: LoRAConfig) -> list[tuple[tuple[str, ...], An
                              "too. Set LoRAConfig.lm_head=False")
         out.append((("lm_head",), base["lm_head"]))
     return out
+
+
+def check_targets(config: LoRAConfig, model_config) -> None:
+    """Raises ValueError (naming the field and the fix) when `config` adapts a kernel `model_config`'s params lack."""
+    from dllm_rl.models.decoder import param_shapes
+
+    _targets(param_shapes(model_config), config)
 
 
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
