@@ -17,16 +17,16 @@ from dllm_rl.atomic import atomic_directory
 from dllm_rl.cli import use_cpu
 from dllm_rl.checkpoint.hf import CheckpointError, iter_params, resolve_dtype
 from dllm_rl.checkpoint.orbax import copy_side_files, write_model_dir
-from dllm_rl.models.llada import ConfigError, LLaDAConfig
+from dllm_rl.models import ConfigError, DecoderConfig, config_from_hf
 
 
 def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", overwrite: bool = False,
-            progress: bool = True) -> LLaDAConfig:
+            progress: bool = True) -> DecoderConfig:
     """Converts and returns the model config; raises CheckpointError/ConfigError before writing anything."""
     resolve_dtype(dtype)
     if os.path.exists(out_dir) and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists; pass --overwrite or choose another --out_dir")
-    config = LLaDAConfig.from_hf_config(hf_dir)
+    config = config_from_hf(hf_dir)
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         raw_config = json.load(f)
     with atomic_directory(out_dir) as tmp_dir:

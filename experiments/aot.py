@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_rl.assets import LLADA_8B_META_DIR
+from dllm_rl import models
 from dllm_rl.models import llada
 from dllm_rl.models import lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
@@ -93,7 +94,7 @@ def abstract_tree(shapes, dtypes, shardings):
 
 def abstract_params(config: llada.LLaDAConfig, mesh, dtype, rules=mesh_lib.DEFAULT_RULES):
     """The model params as ShapeDtypeStructs on their mesh shardings (checked for divisibility)."""
-    shapes, shardings = llada.param_shapes(config), mesh_lib.param_shardings(mesh, rules=rules)
+    shapes, shardings = llada.param_shapes(config), mesh_lib.param_shardings(mesh, config, rules=rules)
     mesh_lib.check_divisible(shapes, shardings)
     return abstract_tree(shapes, jnp.dtype(dtype), shardings)
 
@@ -295,13 +296,13 @@ def compile_program(setup: Setup, name: str, topology: str, hbm: int | None) -> 
     return row, hlo
 
 
-def model_config_for(cfg, fallback: str) -> llada.LLaDAConfig:
-    """The checkpoint's config.json when the gin's model source exists here, else `fallback`'s."""
+def model_config_for(cfg, fallback: str) -> models.DecoderConfig:
+    """The checkpoint's config.json (any family) when the gin's model source exists here, else `fallback`'s."""
     for field in ("ckpt_dir", "hf_dir", "init_config"):
         path = cfg.model.path(field) if getattr(cfg.model, field) else None
         if path and os.path.exists(path if field == "init_config" else os.path.join(path, "config.json")):
-            return llada.LLaDAConfig.from_hf_config(path)
-    return llada.LLaDAConfig.from_hf_config(fallback)
+            return models.config_from_hf(path)
+    return models.config_from_hf(fallback)
 
 
 def parse_args(argv=None):

@@ -172,7 +172,7 @@ def load_policy(args, source: Source, mesh):
     from dllm_rl.parallel import mesh as mesh_lib
 
     config, params = load_model(hf_dir=source.hf_dir, ckpt_dir=source.ckpt_dir, init_config=source.init_config,
-                                dtype=source.dtype, shardings_fn=lambda _: mesh_lib.param_shardings(mesh))
+                                dtype=source.dtype, shardings_fn=lambda config: mesh_lib.param_shardings(mesh, config))
     if args.lora_dir:
         from dllm_rl.rl.policy import load_run_policy
 

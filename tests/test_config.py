@@ -33,3 +33,22 @@ def test_model_source_loads_the_demo_model():
 def test_train_config_rejects_bad_values(field, value, message):
     with pytest.raises(TrainError, match=message):
         TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("family,lora,message", [
+    ("a2d_qwen3", dict(lm_head=True), "LM head is tied.*Set LoRAConfig.lm_head=False.*a2d_qwen3"),
+    ("llada_moe", dict(), "targets names 'ff_proj'.*choose LoRAConfig.targets from.*llada_moe"),
+])
+def test_lora_targets_are_checked_against_the_model_family_before_loading(family, lora, message):
+    """A LoRAConfig that names a kernel the family lacks fails validation, from config.json alone."""
+    import dataclasses
+
+    from dllm_rl.models.lora import LoRAConfig
+    from experiments.run import parse_config
+
+    cfg = parse_config(["experiments/configs/demo.gin"], [])
+    model = ModelSource(init_config=f"tests/fixtures/families/{family}/config.json",
+                        tokenizer_dir="dllm_rl/assets/demo_model", dtype="float32")
+    dataclasses.replace(cfg, model=model).validate()  # full fine-tuning: nothing to check
+    with pytest.raises(TrainError, match=message):
+        dataclasses.replace(cfg, model=model, lora=LoRAConfig(rank=4, **lora)).validate()

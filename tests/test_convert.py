@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -12,8 +13,9 @@ from safetensors.numpy import load_file
 
 from dllm_rl import convert as convert_cli
 from dllm_rl.assets import LLADA_8B_META_DIR
-from dllm_rl.checkpoint import CheckpointError, load_orbax, to_hf_tensors
+from dllm_rl.checkpoint import CheckpointError, load_orbax, save_orbax, to_hf_tensors
 from dllm_rl.models import llada
+from tests.helpers import family_goldens as fg
 from tests.helpers.llada_numpy import random_tensors, tiny_config, write_hf_dir
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -33,6 +35,22 @@ def test_convert_then_load_orbax_matches_golden(which, request, tmp_path):
     assert _rel(llada.forward(config, params, jnp.asarray(golden["input_ids"])), golden["logits"]) < 1e-4
     assert json.loads((out / "config.json").read_text())["n_kv_heads"] == config.n_kv_heads
     assert [p.name for p in tmp_path.iterdir()] == ["orbax"]  # no temporary directory left behind
+
+
+@pytest.mark.parametrize("family", ["dream", "a2d_qwen3", "llada_moe"])
+def test_convert_a_family_folder_then_load_orbax_matches_golden(family, tmp_path):
+    """Other families convert with their own config.json and names, and restore to their own config class; a
+    model folder written from the config (`save_orbax`) reads back the same."""
+    src = fg.FAMILIES_DIR / family
+    config = convert_cli.convert(str(src), str(tmp_path / "o"), "float32", progress=False)
+    loaded, params = load_orbax(tmp_path / "o")
+    assert loaded == config and loaded.family == family
+    golden = dict(np.load(src / "golden.npz"))
+    fg.assert_matches(fg.aligned_logits(loaded, params, golden), golden)
+    save_orbax(tmp_path / "again", loaded, params)
+    again, params_again = load_orbax(tmp_path / "again")
+    assert again == loaded
+    jax.tree.map(np.testing.assert_array_equal, params_again, params)
 
 
 def test_bfloat16_conversion_and_dtype_on_restore(tiny_dir, tmp_path):

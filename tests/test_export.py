@@ -367,3 +367,193 @@ def test_failed_write_leaves_nothing(tiny_dir, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         export_hf(str(tmp_path / "out"), config, failing, max_shard_size="10KB")
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every family: its own names and config.json (tests/fixtures/families), merged LoRA, PEFT names
+
+
+def family_hf_dir(family: str, tmp_path_factory) -> str:
+    """A family's HF folder: the fixture's, or (llada_moe_mixed) LLaDA-MoE's config with a dense first layer and
+    random tensors under the names its config implies."""
+    from tests.helpers import family_goldens as fg
+
+    if family != "llada_moe_mixed":
+        return str(fg.FAMILIES_DIR / family)
+    from dllm_rl.models import config_from_hf
+
+    raw = dict(json.loads((fg.FAMILIES_DIR / "llada_moe" / "config.json").read_text()), moe_layer_freq=[0, 1])
+    rng = np.random.default_rng(0)
+    tensors = {n: rng.standard_normal(s).astype(np.float32) for n, s in hf_names(config_from_hf(raw)).items()}
+    out = str(tmp_path_factory.mktemp("hf") / family)
+    write_hf_dir(out, raw, tensors)
+    return out
+
+
+FAMILIES = ["dream", "a2d_qwen3", "llada_moe", "llada_moe_mixed"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_dirs(request, tmp_path_factory):
+    """(family, HF folder, Orbax model folder converted from it by `python -m dllm_rl.convert`)."""
+    from dllm_rl.convert import convert
+
+    hf_dir = family_hf_dir(request.param, tmp_path_factory)
+    model_dir = str(tmp_path_factory.mktemp("models") / request.param)
+    convert(hf_dir, model_dir, "float32", progress=False)
+    return request.param, hf_dir, model_dir
+
+
+def test_family_export_round_trip_is_bit_exact(family_dirs, tmp_path):
+    """load_hf → Orbax → `--format hf`: the family's own tensor names, bit for bit, and its own config.json."""
+    family, hf_dir, model_dir = family_dirs
+    out = str(tmp_path / "hf")
+    assert main(["--ckpt_dir", model_dir, "--out_dir", out, "--format", "hf", "--dtype", "float32"]) == 0
+    source = read_folder(hf_dir)
+    assert_bits_equal(read_folder(out), source)
+    if family == "a2d_qwen3":
+        assert "lm_head.weight" not in source  # the tied head is stored once, as the embedding
+    written = json.loads(open(os.path.join(out, "config.json")).read())
+    assert written == json.loads(open(os.path.join(hf_dir, "config.json")).read())
+    config, params = load_hf(out)
+    config0, params0 = load_hf(hf_dir)
+    assert config == config0 and config.family == family.replace("_mixed", "")
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), params, params0)
+    bf16 = str(tmp_path / "bf16")
+    export_hf(bf16, config, params, dtype="bfloat16")
+    assert_bits_equal(read_folder(bf16), {n: t.astype(BF16) for n, t in source.items()})
+    assert json.loads(open(os.path.join(bf16, "config.json")).read())["model_type"] == config.to_hf_dict()["model_type"]
+
+
+# Each family's HF module per LoRA target, written from the modeling code (tests/fixtures/families/README.md).
+QWEN_MODULES = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+                "attn_out": "self_attn.o_proj", "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+                "ff_out": "mlp.down_proj", "shared_ff_proj": "shared_expert.gate_proj",
+                "shared_up_proj": "shared_expert.up_proj", "shared_ff_out": "shared_expert.down_proj"}
+ATTENTION = ("q_proj", "k_proj", "v_proj", "attn_out")
+SHARED = ("shared_ff_proj", "shared_up_proj", "shared_ff_out")
+FAMILY_LORA = {  # family -> (LoRA config, the layers each target sits on, the target_modules PEFT gets)
+    "dream": (LoRAConfig(rank=3, alpha=6.0, targets=LAYER_TARGETS, lm_head=True), {},
+              ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"]),
+    "a2d_qwen3": (LoRAConfig(rank=3, alpha=6.0, targets=LAYER_TARGETS), {},
+                  ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]),
+    "llada_moe": (LoRAConfig(rank=3, alpha=6.0, targets=ATTENTION + SHARED, lm_head=True), {}, None),
+    "llada_moe_mixed": (LoRAConfig(rank=3, alpha=6.0, targets=LAYER_TARGETS + SHARED, lm_head=True),
+                        {"ff_proj": [0], "up_proj": [0], "ff_out": [0], **{t: [1] for t in SHARED}}, None),
+}
+
+
+def expected_modules(family: str) -> dict[str, tuple[str, int | None]]:
+    """HF module -> (target, layer) of the family's LoRA case, by hand (layer None: the LM head)."""
+    lora_config, layers_of, _ = FAMILY_LORA[family]
+    out = {f"model.layers.{i}.{QWEN_MODULES[t]}": (t, i) for t in lora_config.targets
+           for i in layers_of.get(t, [0, 1])}
+    if lora_config.lm_head:
+        out["lm_head"] = ("lm_head", None)
+    return out
+
+
+def real_module_names(hf_dir: str, family: str) -> set[str]:
+    """The torch model's named modules: every dotted prefix of a stored tensor name (containers included), plus a
+    tied `lm_head` (a module, though stored once as the embedding)."""
+    names = {name.rsplit(".", 1)[0] for name in read_folder(hf_dir)}
+    modules = {".".join(n.split(".")[:k]) for n in names for k in range(1, n.count(".") + 2)}
+    return modules | ({"lm_head"} if family == "a2d_qwen3" else set())
+
+
+def family_adapters(config, lora_config, seed=0) -> dict:
+    """Non-zero float32 adapters in the params tree's layout (`init_lora`'s shapes)."""
+    from dllm_rl.models import init_params
+    from dllm_rl.models.lora import init_lora
+
+    base = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    shapes = jax.eval_shape(lambda: init_lora(base, lora_config, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+
+
+def test_family_merged_export_is_float32_merge_of_the_right_tensors(family_dirs, tmp_path):
+    family, hf_dir, model_dir = family_dirs
+    lora_config, _, _ = FAMILY_LORA[family]
+    config, params = load_hf(hf_dir)
+    adapters = family_adapters(config, lora_config, seed=1)
+    export_hf(str(tmp_path / "hf"), config, params, "float32", adapters, lora_config)
+    got, source = read_folder(str(tmp_path / "hf")), read_folder(hf_dir)
+    want = {k: v.astype(np.float64) for k, v in source.items()}
+    group = lambda t: "layers" if family != "llada_moe_mixed" or t in ATTENTION else (
+        "moe_ffn" if t in SHARED else "dense_ffn")
+    for module, (target, layer) in expected_modules(family).items():
+        pair = adapters["lm_head"] if layer is None else {k: v[0 if group(target) != "layers" else layer]
+                                                          for k, v in adapters[group(target)][target].items()}
+        want[module + ".weight"] += 2.0 * (pair["a"].astype(np.float64) @ pair["b"].astype(np.float64)).T
+    changed = {n for n in source if not np.array_equal(got[n], source[n])}
+    assert changed == {m + ".weight" for m in expected_modules(family)}  # biases, norms, experts untouched
+    for name, ref in want.items():
+        np.testing.assert_allclose(got[name], ref, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_family_peft_names_are_the_real_modules(family_dirs, tmp_path):
+    family, hf_dir, _ = family_dirs
+    lora_config, _, suffixes = FAMILY_LORA[family]
+    config, _ = load_hf(hf_dir)
+    adapters = family_adapters(config, lora_config, seed=2)
+    export_peft(str(tmp_path / "peft"), config, adapters, lora_config)
+    modules = expected_modules(family)
+    assert lora_module_names(lora_config, config) == set(modules)
+    tensors = read_folder(str(tmp_path / "peft"))
+    source = read_folder(hf_dir)
+    for module in modules:
+        d_out, d_in = source[module + ".weight"].shape  # the real module's own weight
+        assert tensors[f"base_model.model.{module}.lora_A.weight"].shape == (3, d_in)
+        assert tensors[f"base_model.model.{module}.lora_B.weight"].shape == (d_out, 3)
+    assert len(tensors) == 2 * len(modules)
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    real = real_module_names(hf_dir, family)
+    assert set(module_names(config)) <= real
+    assert peft_adapted(cfg["target_modules"], real) == set(modules)  # PEFT adapts exactly these real modules
+    if suffixes is None:  # the suffix list would also take every routed expert's gate/up/down_proj
+        assert isinstance(cfg["target_modules"], str)
+        plain = sorted({m.rsplit(".", 1)[-1] for m in modules})
+        assert any(".mlp.experts." in m for m in peft_adapted(plain, real) - set(modules))
+    else:
+        assert cfg["target_modules"] == suffixes
+    back_config, back = load_peft(str(tmp_path / "peft"), config)
+    assert back_config == lora_config
+    jax.tree.map(np.testing.assert_array_equal, back, adapters)
+
+
+def test_family_cli_from_trainer_checkpoint(tmp_path_factory, tmp_path):
+    """A LoRA run on mixed dense / MoE layers (adapters on `dense_ffn` and the shared expert) exports both ways."""
+    hf_dir = family_hf_dir("llada_moe_mixed", tmp_path_factory)
+    config, params = load_hf(hf_dir)
+    model_dir = str(tmp_path / "model")
+    save_orbax(model_dir, config, params)
+    lora_config, _, _ = FAMILY_LORA["llada_moe_mixed"]
+    adapters = family_adapters(config, lora_config, seed=3)
+    workdir = str(tmp_path / "w")
+    write_trainer_checkpoint(workdir, adapters, alpha=6.0)
+    assert main(["--ckpt_dir", model_dir, "--lora_dir", workdir, "--out_dir", str(tmp_path / "peft"),
+                 "--format", "peft"]) == 0
+    back_config, back = load_peft(str(tmp_path / "peft"), config)
+    assert back_config == lora_config
+    jax.tree.map(np.testing.assert_array_equal, back, adapters)
+    assert main(["--ckpt_dir", model_dir, "--lora_dir", workdir, "--out_dir", str(tmp_path / "hf"),
+                 "--format", "hf", "--dtype", "float32"]) == 0
+    export_hf(str(tmp_path / "direct"), config, params, "float32", adapters, lora_config)
+    assert_bits_equal(read_folder(str(tmp_path / "hf")), read_folder(str(tmp_path / "direct")))
+
+
+def test_family_peft_rejects_unadapted_modules(tmp_path):
+    """A PEFT folder with adapters on LLaDA-MoE's routed experts names them and what dllm_rl adapts."""
+    from tests.helpers import family_goldens as fg
+
+    config, _ = load_hf(fg.FAMILIES_DIR / "llada_moe")
+    lora_config = LoRAConfig(rank=2, alpha=2.0, targets=ATTENTION)
+    folder = tmp_path / "peft"
+    export_peft(str(folder), config, family_adapters(config, lora_config), lora_config)
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    tensors["base_model.model.model.layers.0.mlp.experts.3.gate_proj.lora_A.weight"] = np.zeros((2, 64), np.float32)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"experts\.3\.gate_proj.*which dllm_rl does not adapt"):
+        load_peft(str(folder), config)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dllm_rl.models import llada
-from dllm_rl.models.lora import (LAYER_TARGETS, LoRAConfig, LoRAWeight, apply_lora, init_lora, lora_logical_axes,
-                                 merge_lora, policy_params, split_params)
+from dllm_rl.models.lora import (LAYER_TARGETS, SHARED_EXPERT_TARGETS, TARGETS, LoRAConfig, LoRAWeight, apply_lora,
+                                 init_lora, lora_logical_axes, merge_lora, policy_params, split_params)
 
 CONFIG = llada.LLaDAConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=48, vocab_size=40,
                            embedding_size=40, mask_token_id=39, eos_token_id=38, pad_token_id=38)
@@ -188,3 +188,138 @@ def test_dropout_in_the_model_is_keyed_per_target_and_layer(base):
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     with pytest.raises(ValueError, match="dropout"):
         LoRAConfig(dropout=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every family: each family's own kernels (fixtures' real shapes), tied heads, MoE layers
+
+
+def family_model(name: str):
+    """(config, params) of a family's fixture folder (llada: tests/fixtures/llada_tiny); "llada_moe_mixed": the
+    LLaDA-MoE fixture config with a dense first layer (random params), so dense FFN kernels sit in `dense_ffn`."""
+    import json
+
+    from dllm_rl import models
+    from dllm_rl.checkpoint import load_hf
+    from tests.helpers import family_goldens as fg
+
+    if name == "llada_moe_mixed":
+        raw = dict(json.loads((fg.FAMILIES_DIR / "llada_moe" / "config.json").read_text()), moe_layer_freq=[0, 1])
+        config = models.config_from_hf(raw)
+        return config, jax.jit(models.init_params, static_argnums=0)(config, jax.random.key(0))
+    return load_hf(fg.FAMILIES_DIR / name if name != "llada" else fg.FAMILIES_DIR.parent / "llada_tiny")
+
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "attn_out")
+FAMILY_LORA = {  # family -> (targets, lm_head): everything each family lets LoRA adapt
+    "llada": (LAYER_TARGETS, True),
+    "dream": (LAYER_TARGETS, True),
+    "a2d_qwen3": (LAYER_TARGETS, False),
+    "llada_moe": (ATTENTION + SHARED_EXPERT_TARGETS, True),
+    "llada_moe_mixed": (TARGETS, True),
+}
+
+
+def adapted_paths(lora) -> list[tuple[str, ...]]:
+    """Params paths of the adapted kernels (where the adapters tree has an {"a", "b"} pair)."""
+    return [tuple(k.key for k in path[:-1]) for path, _ in jax.tree_util.tree_flatten_with_path(lora)[0]
+            if path[-1].key == "a"]
+
+
+def at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_LORA))
+def test_every_family_low_rank_path_equals_merge(family):
+    from dllm_rl import models
+
+    config, base = family_model(family)
+    targets, head = FAMILY_LORA[family]
+    cfg = LoRAConfig(rank=3, alpha=6.0, targets=targets, lm_head=head)
+    lora = randomized(init_lora(base, cfg, jax.random.key(1)), scale=0.2)
+    paths = adapted_paths(lora)
+    expected = {"llada_moe_mixed": [("layers", t) for t in ATTENTION] + [("dense_ffn", t) for t in LAYER_TARGETS[4:]]
+                + [("moe_ffn", t) for t in SHARED_EXPERT_TARGETS]}.get(family, [("layers", t) for t in targets])
+    assert sorted(paths) == sorted(expected + [("lm_head",)] * head)
+    merged = merge_lora(base, lora, cfg)
+    for path in paths:  # W + (α/r)·A@B against float64 NumPy
+        a, b = (np.asarray(at(lora, path)[k], np.float64) for k in "ab")
+        want = np.asarray(at(base, path), np.float64) + 2.0 * np.einsum("...ir,...ro->...io", a, b)
+        np.testing.assert_allclose(np.asarray(at(merged, path)), want, rtol=1e-6, atol=1e-6, err_msg=str(path))
+    ids = jax.random.randint(jax.random.key(2), (2, 9), 0, config.vocab_size)
+    mask = jnp.ones((2, 9), jnp.int32).at[0, :2].set(0)  # left padding (Dream's positions skip it)
+    fwd = jax.jit(lambda p: models.forward(config, p, ids, mask))
+    out_merged = np.asarray(fwd(merged))
+    np.testing.assert_allclose(fwd(apply_lora(base, lora, cfg)), out_merged, rtol=2e-5, atol=2e-5)
+    assert np.abs(out_merged - np.asarray(fwd(base))).max() > 1e-2
+
+    # bf16 base + float32 adapters: error against the exact forward of the bf16-rounded weights, relative to the
+    # adapters' effect (dropping the adapters must fail this).
+    base16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), base)
+    base32 = jax.tree.map(lambda x: x.astype(jnp.float32), base16)
+    exact = np.asarray(fwd(merge_lora(base32, lora, cfg)))
+    effect = np.linalg.norm(exact - np.asarray(fwd(base32)))
+    error = lambda y: np.linalg.norm(np.asarray(y, np.float32) - exact) / effect
+    out16 = fwd(apply_lora(base16, lora, cfg))
+    assert out16.dtype == jnp.bfloat16
+    assert error(out16) < 0.25
+    assert error(fwd(merge_lora(base16, lora, cfg, dtype=jnp.bfloat16))) < 0.25
+    assert error(fwd(base16)) > 0.9
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_LORA))
+def test_every_family_gradients_reach_only_the_adapters(family):
+    from dllm_rl import models
+
+    config, base = family_model(family)
+    targets, head = FAMILY_LORA[family]
+    cfg = LoRAConfig(rank=2, alpha=2.0, targets=targets, lm_head=head)
+    trainable, frozen = split_params(base, cfg, jax.random.key(1))
+    ids = jax.random.randint(jax.random.key(2), (2, 7), 0, config.vocab_size)
+
+    def loss(tr, fr):
+        return jnp.mean(models.forward(config, policy_params(tr, fr, cfg), ids) ** 2)
+
+    grad_fn = jax.jit(jax.grad(loss))
+    grads = grad_fn(trainable, frozen)
+    assert jax.tree.structure(grads) == jax.tree.structure(trainable)
+    for path in adapted_paths(trainable):  # fresh adapters: B = 0, so dL/dA = 0 and dL/dB ≠ 0
+        assert not np.asarray(at(grads, path)["a"]).any() and np.asarray(at(grads, path)["b"]).any(), path
+    trained = randomized(trainable)
+    g_path = grad_fn(trained, frozen)
+    g_merged = jax.jit(jax.grad(lambda tr: jnp.mean(models.forward(config, merge_lora(frozen, tr, cfg), ids) ** 2)))(
+        trained)
+    for a, b in zip(jax.tree.leaves(g_path), jax.tree.leaves(g_merged)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert np.asarray(a).any()
+
+
+def test_family_target_errors():
+    _, tied = family_model("a2d_qwen3")
+    with pytest.raises(ValueError, match="LM head is tied.*lm_head=False"):
+        init_lora(tied, LoRAConfig(rank=2, lm_head=True), jax.random.key(0))
+    _, moe = family_model("llada_moe")
+    with pytest.raises(ValueError, match=r"targets names 'ff_proj'.*choose LoRAConfig.targets from \['q_proj', "
+                                         r"'k_proj', 'v_proj', 'attn_out', 'shared_ff_proj'"):
+        init_lora(moe, LoRAConfig(rank=2), jax.random.key(0))
+    with pytest.raises(ValueError, match="'shared_ff_out'"):
+        init_lora(tied, LoRAConfig(rank=2, targets=("q_proj", "shared_ff_out")), jax.random.key(0))
+    with pytest.raises(ValueError, match="unknown kernel.*'router'"):
+        LoRAConfig(targets=("router",))
+
+
+@pytest.mark.parametrize("family", ["llada_moe", "llada_moe_mixed", "a2d_qwen3"])
+def test_family_adapter_shardings(family):
+    """lora_shardings of a family's adapters follow that family's tree (`dense_ffn`, shared expert)."""
+    from dllm_rl.parallel import mesh as mesh_lib
+
+    config, base = family_model(family)
+    targets, head = FAMILY_LORA[family]
+    cfg = LoRAConfig(rank=2, targets=targets, lm_head=head)
+    shapes = jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda: init_lora(base, cfg, jax.random.key(0))))
+    shardings = mesh_lib.lora_shardings(mesh_lib.make_mesh(), cfg, shapes, model_config=config)
+    assert jax.tree.structure(shardings) == jax.tree.structure(jax.tree.map(lambda s: 0, shapes,
+                                                                            is_leaf=lambda s: isinstance(s, tuple)))

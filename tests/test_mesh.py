@@ -51,6 +51,22 @@ def test_param_shardings_follow_the_default_rules():
     assert pm.batch_sharding(MESH_2x2x2, 3).spec == P(("data", "fsdp"), None, None)
 
 
+def test_family_params_and_expert_parallel_rules():
+    """Another family's tree comes from its config; experts are replicated by default and split over a mesh
+    axis when the rules table maps 'expert' to one (expert parallelism)."""
+    from dllm_rl import models
+    from tests.helpers.family_goldens import FAMILIES_DIR
+
+    config = models.config_from_hf(FAMILIES_DIR / "llada_moe")
+    specs = jax.tree.map(lambda s: s.spec, pm.param_shardings(MESH_2x2x2, config))
+    assert specs["layers"]["q_norm"] == P(None, None)
+    assert specs["layers"]["expert_ff_proj"] == P(None, None, "fsdp", "tensor")
+    assert specs["layers"]["router"] == P(None, "fsdp", None)
+    rules = tuple(dict(pm.DEFAULT_RULES, expert="data").items())
+    expert_parallel = pm.param_shardings(MESH_2x2x2, config, rules=rules)
+    assert expert_parallel["layers"]["expert_ff_out"].spec == P(None, "data", "tensor", "fsdp")
+
+
 def test_a_rules_table_changes_the_layout():
     """Pure tensor parallelism over 'fsdp' and batches over 'data' only: every spec follows the new table."""
     rules = dict(pm.DEFAULT_RULES, batch="data", embed=None, heads="fsdp", kv_heads="fsdp", mlp="fsdp", vocab=None)

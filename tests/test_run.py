@@ -146,3 +146,31 @@ def test_resuming_with_another_config_is_refused_with_the_differences(tmp_path):
     # The same config resumes; a workdir without checkpoints (a fresh run) never compares.
     run.check_config_change(str(workdir), (workdir / run.OPERATIVE_CONFIG).read_text(), allowed=False)
     run.check_config_change(str(tmp_path / "fresh"), "anything", allowed=False)
+
+
+FAMILY_CONFIGS = {  # shipped config -> a config.json with the family's switches (the fixtures' tiny ones)
+    "llada15_agrpo.gin": "dllm_rl/assets/llada_8b_instruct_meta/config.json",
+    "dream_agrpo.gin": "tests/fixtures/families/dream/config.json",
+    "a2d_qwen3_agrpo.gin": "tests/fixtures/families/a2d_qwen3/config.json",
+    "llada_moe_agrpo.gin": "tests/fixtures/families/llada_moe/config.json",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_family_configs_build_and_adapt_kernels_their_family_has(name):
+    """Each family's config builds its TrainConfig and its LoRA targets exist in that family's params tree (e.g. no
+    adapter on A2D-Qwen3's tied head, none on dense FFN kernels an all-MoE model lacks)."""
+    import jax
+
+    from dllm_rl import models
+    from dllm_rl.models.lora import init_lora
+
+    path = os.path.join(ROOT, "experiments/configs", name)
+    header = "".join(open(path).read().splitlines(keepends=True)[:6])
+    assert "python -m experiments.run" in header and f"experiments/configs/{name}" in header  # how to run it
+    cfg = parse_config([path], [])
+    assert cfg.train.task == "gsm8k" and cfg.lora is not None
+    config = models.config_from_hf(os.path.join(ROOT, FAMILY_CONFIGS[name]))
+    base = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
+    adapters = jax.eval_shape(lambda: init_lora(base, cfg.lora, jax.random.key(0)))
+    assert adapters["layers"]["q_proj"]["a"].shape[-1] == cfg.lora.rank

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from dllm_rl.checkpoint import load_hf
+from dllm_rl import models
 from dllm_rl.models import llada
 from dllm_rl.sampling import (SamplerInputError, block_logits, expand, generate, sampler_config, scale_logits,
                               transfer_schedule)
 from dllm_rl.sampling.gumbel import gumbel_argmax, gumbel_noise
+from tests.helpers import family_goldens
 from tests.helpers.golden_runs import golden_run
 from tests.helpers.truncation_numpy import agrpo_keep, truncated_stats
 
@@ -347,6 +349,36 @@ def test_sampled_infill_scores_stragglers_window_by_window_as_the_reference(rema
     r = generate(config, params, prompt, steps=steps, gen_length=gen, block_length=bl, temperature=0.8,
                  remasking=remasking, draws=draws, infill=True)
     np.testing.assert_array_equal(r.tokens, want[-1])
+
+
+@pytest.mark.parametrize("family", ["dream", "a2d_qwen3", "llada_moe"])
+@pytest.mark.parametrize("infill", [False, True])
+def test_other_families_sample_on_their_aligned_logits(family, infill):
+    """The exact sampler is family-generic: on Dream's (shifted), A2D-Qwen3's (tied head) and LLaDA-MoE's aligned
+    logits it equals LLaDA's sampling rule run on `models.forward`, block steps and windowed straggler steps."""
+    config, params, _ = family_goldens.load(family)
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(0, config.mask_token_id, (2, 7))
+    if infill:
+        prompt[0, [1, 4]] = config.mask_token_id
+    steps, gen, bl = 8, 16, 8
+    t, v = 7 + gen, config.embedding_size
+    draws = {"gumbel": rng.random((steps, 2, t, v)), "score": rng.random((steps, 2, t))}
+    fwd = jax.jit(lambda x: models.forward(config, params, x))
+    want = llada_reference(lambda x: np.array(fwd(jnp.asarray(x, jnp.int32))), prompt, steps=steps,
+                           gen_length=gen, block_length=bl, mask_id=config.mask_token_id, temperature=0.8,
+                           remasking="low_confidence", gumbel_u=draws["gumbel"],
+                           score_u=draws["score"].astype(np.float32))
+    r = generate(config, params, prompt, steps=steps, gen_length=gen, block_length=bl, temperature=0.8,
+                 remasking="low_confidence", draws=draws, infill=infill)
+    np.testing.assert_array_equal(r.tokens, want[-1])
+
+
+def test_fast_mode_refuses_a_shifted_family(uncompiled_generate):
+    config, params, _ = family_goldens.load("dream")
+    with pytest.raises(SamplerInputError, match="fast=True is not implemented for the dream family"):
+        uncompiled_generate(config, params, np.ones((1, 4), np.int32), steps=4, gen_length=8, block_length=4,
+                            fast=True)
 
 
 AGRPO_CASES = [  # prompt len, gen, block, steps, temperature, remasking, top_k, top_p, favour EOS

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_rl.models import llada
+from dllm_rl.models import layers, llada
 from dllm_rl.models.tpu_attention import splash_attention
 
 
@@ -16,11 +16,11 @@ def test_splash_equals_einsum_attention_with_key_padding(heads, kv_heads):
     k = jax.random.normal(kk, (b, t, kv_heads, hd), jnp.float32)
     v = jax.random.normal(kv, (b, t, kv_heads, hd), jnp.float32)
     mask = jnp.asarray(np.arange(t)[None, :] >= np.array([[0], [37]]), jnp.int32)  # row 1: 37 left-padded keys
-    want = llada._attention(q, k, v, mask, None)
+    want = layers.attention(q, k, v, mask, None)
     got = splash_attention(q, k, v, mask, "splash_interpret")
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(np.asarray(splash_attention(q, k, v, None, "splash_interpret")),
-                               np.asarray(llada._attention(q, k, v, None, None)), rtol=2e-5, atol=2e-5)
+                               np.asarray(layers.attention(q, k, v, None, None)), rtol=2e-5, atol=2e-5)
 
 
 def test_model_forward_and_gradient_through_splash():

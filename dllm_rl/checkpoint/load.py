@@ -14,14 +14,14 @@ import jax.numpy as jnp
 
 from dllm_rl.checkpoint.hf import CheckpointError, load_hf
 from dllm_rl.checkpoint.orbax import load_orbax
-from dllm_rl.models import llada
+from dllm_rl import models
 
 INIT_SEED = 0  # random initialisation from a config.json always uses this key
 
 
 def load_model(*, ckpt_dir: str | os.PathLike | None = None, hf_dir: str | os.PathLike | None = None,
                init_config: str | os.PathLike | None = None, dtype: Any = None,
-               shardings_fn: Callable[[llada.LLaDAConfig], Any] | None = None) -> tuple[llada.LLaDAConfig, Any]:
+               shardings_fn: Callable[[models.DecoderConfig], Any] | None = None) -> tuple[models.DecoderConfig, Any]:
     """(config, params) from exactly one of `ckpt_dir`, `hf_dir`, `init_config`.
 
     dtype: the params dtype; None keeps an Orbax folder's saved dtype and means float32 for the other sources.
@@ -31,13 +31,13 @@ def load_model(*, ckpt_dir: str | os.PathLike | None = None, hf_dir: str | os.Pa
     if len(given) != 1:
         raise CheckpointError(f"load_model needs exactly one of ckpt_dir, hf_dir, init_config; got {given or 'none'}")
     if ckpt_dir:
-        config = llada.LLaDAConfig.from_hf_config(ckpt_dir)
+        config = models.config_from_hf(ckpt_dir)
         return load_orbax(ckpt_dir, dtype=dtype, shardings=shardings_fn(config) if shardings_fn else None)
     if hf_dir:
-        config = llada.LLaDAConfig.from_hf_config(hf_dir)
+        config = models.config_from_hf(hf_dir)
         return load_hf(hf_dir, dtype=dtype or "float32", shardings=shardings_fn(config) if shardings_fn else None)
-    config = llada.LLaDAConfig.from_hf_config(init_config)
-    params = llada.init_params(config, jax.random.PRNGKey(INIT_SEED), dtype=jnp.dtype(dtype or "float32"))
+    config = models.config_from_hf(init_config)
+    params = models.init_params(config, jax.random.PRNGKey(INIT_SEED), dtype=jnp.dtype(dtype or "float32"))
     if shardings_fn is not None:
         params = jax.device_put(params, shardings_fn(config))
     return config, params

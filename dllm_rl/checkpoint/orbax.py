@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 
 from dllm_rl import paths
 from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
-from dllm_rl.models.llada import LLaDAConfig, param_shapes
+from dllm_rl.models import DecoderConfig, config_from_hf, param_shapes
 
 PARAMS_DIR = "params"
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -55,7 +55,7 @@ def save_params_streaming(directory: str | os.PathLike, leaves: Iterable[tuple[s
             checkpointer.wait_until_finished()
 
 
-def abstract_params(config: LLaDAConfig, dtype: Any, shardings: Any = None) -> Any:
+def abstract_params(config: DecoderConfig, dtype: Any, shardings: Any = None) -> Any:
     """ShapeDtypeStruct tree of the params, with shardings (default: the first device)."""
     np_dtype = resolve_dtype(dtype)
     shapes = param_shapes(config)
@@ -108,7 +108,7 @@ def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> N
             src.copy(paths.absolute(dst_dir) / name, overwrite=True)
 
 
-def save_orbax(out_dir: str | os.PathLike, config: LLaDAConfig | dict, params: Any) -> None:
+def save_orbax(out_dir: str | os.PathLike, config: DecoderConfig | dict, params: Any) -> None:
     """Writes a model folder loadable by `load_orbax` from in-memory params (local or gs://). Not atomic by itself
     (callers write into `dllm_rl.atomic.atomic_directory`). Params spread over several processes are written by
     all of them together: every process must call it."""
@@ -122,14 +122,14 @@ def save_orbax(out_dir: str | os.PathLike, config: LLaDAConfig | dict, params: A
     save_params(paths.absolute(out_dir) / PARAMS_DIR, params)
 
 
-def load_orbax(ckpt_dir: str | os.PathLike, dtype: Any = None, shardings: Any = None) -> tuple[LLaDAConfig, Any]:
+def load_orbax(ckpt_dir: str | os.PathLike, dtype: Any = None, shardings: Any = None) -> tuple[DecoderConfig, Any]:
     """Loads a folder written by `save_orbax`/`dllm_rl.convert` → (config, params).
 
     dtype: the params dtype to restore into (default: as saved). shardings: tree of Sharding (e.g.
     `parallel.mesh.param_shardings(mesh)`) to restore straight onto a mesh.
     """
     ckpt_dir = os.fspath(ckpt_dir)
-    config = LLaDAConfig.from_hf_config(ckpt_dir)
+    config = config_from_hf(ckpt_dir)
     params_dir = os.path.join(ckpt_dir, PARAMS_DIR)
     if dtype is None:
         dtype = _saved_dtype(params_dir)

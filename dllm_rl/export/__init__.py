@@ -1,4 +1,4 @@
-"""Trained weights users can take anywhere: a merged HF LLaDA folder, or the LoRA adapters as a PEFT folder.
+"""Trained weights users can take anywhere: the family's own HF folder (LoRA merged), or the adapters as PEFT's.
 
     python -m dllm_rl.export --ckpt_dir MODEL_DIR [--lora_dir W] --out_dir OUT --format hf|peft
 
@@ -19,7 +19,7 @@ from dllm_rl.export.hf_export import merged_tensors, write_hf
 from dllm_rl.export.peft import load_peft, peft_adapted, peft_target_modules, write_peft
 from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE
 from dllm_rl.export.sources import LeafReader, read_model_dir, tree_reader
-from dllm_rl.models.llada import LLaDAConfig
+from dllm_rl.models import DecoderConfig
 from dllm_rl.models.lora import LoRAConfig
 
 
@@ -36,12 +36,13 @@ def _staging_dir(out_dir: str, overwrite: bool) -> Iterator[str]:
         yield tmp
 
 
-def export_hf(out_dir: str, config: LLaDAConfig, params: dict | LeafReader, dtype: Any = "bfloat16",
+def export_hf(out_dir: str, config: DecoderConfig, params: dict | LeafReader, dtype: Any = "bfloat16",
               adapters: dict | None = None, lora_config: LoRAConfig | None = None, raw_config: dict | None = None,
               side_files_dir: str | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE,
               overwrite: bool = False) -> None:
-    """Writes `out_dir` as an HF LLaDA folder: base `params` (a tree or a leaf reader) with the adapters merged
-    in float32, config.json (`raw_config`, default from `config`) and the tokenizer files of `side_files_dir`."""
+    """Writes `out_dir` as the HF folder of `config`'s family (its tensor names): base `params` (a tree or a leaf
+    reader) with the adapters merged in float32, config.json (`raw_config`, default `config.to_hf_dict()`) and the
+    tokenizer files of `side_files_dir`."""
     read = params if callable(params) else tree_reader(params)
     with _staging_dir(out_dir, overwrite) as tmp:
         write_hf(tmp, config, raw_config or config.to_hf_dict(), read, dtype, adapters, lora_config, max_shard_size)
@@ -49,9 +50,10 @@ def export_hf(out_dir: str, config: LLaDAConfig, params: dict | LeafReader, dtyp
             copy_side_files(side_files_dir, tmp)
 
 
-def export_peft(out_dir: str, config: LLaDAConfig, adapters: dict, lora_config: LoRAConfig, dtype: Any = "float32",
+def export_peft(out_dir: str, config: DecoderConfig, adapters: dict, lora_config: LoRAConfig, dtype: Any = "float32",
                 base_model: str = "", overwrite: bool = False) -> None:
-    """Writes `out_dir` as a PEFT LoRA folder loadable by `PeftModel.from_pretrained(llada, out_dir)`."""
+    """Writes `out_dir` as a PEFT LoRA folder loadable by `PeftModel.from_pretrained(model, out_dir)` on the
+    family's own PyTorch model."""
     with _staging_dir(out_dir, overwrite) as tmp:
         write_peft(tmp, adapters, lora_config, config, dtype, base_model)
 

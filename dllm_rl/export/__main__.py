@@ -1,4 +1,4 @@
-"""CLI: export a trained policy as an HF LLaDA folder (LoRA merged) or its adapters as a PEFT folder.
+"""CLI: export a trained policy as its family's HF folder (LoRA merged) or its adapters as a PEFT folder.
 
     python -m dllm_rl.export --ckpt_dir BASE_MODEL_DIR --lora_dir W --lora_alpha 64 --out_dir OUT --format peft
     python -m dllm_rl.export --ckpt_dir BASE_MODEL_DIR --lora_dir W --out_dir OUT --format hf [--dtype bfloat16]
@@ -17,29 +17,33 @@ import json
 import os
 import sys
 
-from dllm_rl.checkpoint.hf import CheckpointError, resolve_dtype
+from dllm_rl.checkpoint.hf import CheckpointError, get_path, resolve_dtype
 from dllm_rl.cli import use_cpu
 from dllm_rl.export import check_writable, export_hf, export_peft
 from dllm_rl.export.peft import ADAPTER_CONFIG, load_peft
 from dllm_rl.export.safetensors_io import DEFAULT_SHARD_SIZE, parse_size
 from dllm_rl.export.sources import TrainerCheckpoint, read_model_dir, trainer_state_dir
-from dllm_rl.models.llada import ConfigError, LLaDAConfig, param_shapes
-from dllm_rl.models.lora import CONFIG_FILE as LORA_CONFIG_FILE, LAYER_TARGETS, LoRAConfig
+from dllm_rl.models import ConfigError, DecoderConfig, param_shapes
+from dllm_rl.models.lora import CONFIG_FILE as LORA_CONFIG_FILE, TARGETS, LoRAConfig
 
 DEFAULT_DTYPES = {"hf": "bfloat16", "peft": "float32"}
 
 
-def lora_config_of(adapters: dict, alpha: float, config: LLaDAConfig, where: str) -> LoRAConfig:
+def lora_config_of(adapters: dict, alpha: float, config: DecoderConfig, where: str) -> LoRAConfig:
     """The LoRAConfig of trainer adapters: rank and targets from the tree, checked against the model's shapes."""
-    layers = adapters.get("layers", {})
-    targets = tuple(t for t in LAYER_TARGETS if t in layers)
-    pairs = [(("layers", t), layers[t]) for t in targets] + ([(("lm_head",), adapters["lm_head"])]
-                                                              if "lm_head" in adapters else [])
+    pairs = [((group, t), pair) for group, kernels in adapters.items() if group != "lm_head"
+             for t, pair in kernels.items()] + ([(("lm_head",), adapters["lm_head"])] if "lm_head" in adapters else [])
     rank = pairs[0][1]["b"].shape[-2]
-    lora_config = LoRAConfig(rank=rank, alpha=alpha, targets=targets, lm_head="lm_head" in adapters)
+    lora_config = LoRAConfig(rank=rank, alpha=alpha, targets=tuple(t for t in TARGETS if any(p[-1] == t and len(p) == 2
+                                                                                             for p, _ in pairs)),
+                             lm_head="lm_head" in adapters)
     shapes = param_shapes(config)
     for path, pair in pairs:
-        kernel = shapes["layers"][path[1]] if path[0] == "layers" else shapes["lm_head"]
+        try:
+            kernel = get_path(shapes, path)
+        except KeyError:
+            raise CheckpointError(f"{where}: adapter {'.'.join(path)} has no kernel in --ckpt_dir's "
+                                  f"{config.family} model; pass the base model the run trained on") from None
         if pair["a"].shape != (*kernel[:-1], rank) or pair["b"].shape != (*kernel[:-2], rank, kernel[-1]):
             raise CheckpointError(f"{where}: adapter {'.'.join(path)} has shapes {pair['a'].shape}, {pair['b'].shape} "
                                   f"but --ckpt_dir's kernel is {kernel}; pass the base model the run trained on")
@@ -55,7 +59,7 @@ def run_alpha(state_dir: str) -> float | None:
         return float(json.load(f)["alpha"])
 
 
-def _trainer_inputs(args, config: LLaDAConfig, read):
+def _trainer_inputs(args, config: DecoderConfig, read):
     """(leaf reader, adapters, lora config) from a trainer checkpoint."""
     ckpt = TrainerCheckpoint(trainer_state_dir(args.lora_dir, args.step))
     if not ckpt.is_lora:
@@ -97,7 +101,7 @@ def run(args) -> str:
     export_hf(args.out_dir, config, read, dtype, adapters, lora_config, raw_config, args.ckpt_dir, args.shard_size,
               args.overwrite)
     merged = f" + LoRA r={lora_config.rank} merged" if adapters is not None else ""
-    return f"wrote {args.out_dir}: HF LLaDA{merged}, {config.num_params:,} params in {dtype}"
+    return f"wrote {args.out_dir}: HF {config.family}{merged}, {config.num_params:,} params in {dtype}"
 
 
 def main(argv=None) -> int:

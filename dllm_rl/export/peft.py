@@ -1,12 +1,16 @@
-"""LoRA adapters ⇄ a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) for LLaDA's PyTorch code.
+"""LoRA adapters ⇄ a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) for each family's PyTorch code.
 
 PEFT names a module's adapter `base_model.model.<module>.lora_A.weight` [r, in] and `...lora_B.weight` [out, r]
 (torch layout, i.e. our A [in, r] and B [r, out] transposed) and scales the update by lora_alpha / r, as we do.
+Module names are each family's own (`checkpoint.hf.leaf_sources`): LLaDA's `model.transformer.blocks.N.q_proj`,
+the Qwen-style `model.layers.N.self_attn.q_proj` / `.mlp.down_proj` of Dream, A2D-Qwen3 and LLaDA-MoE (whose
+shared expert is `model.layers.N.shared_expert.gate_proj`).
 PEFT picks the adapted modules by name: a list `target_modules` matches a module whose name equals an entry or
-ends with "." + entry, a string is a regex that must match the whole name. With LLaDA's names the suffix rule has
-a trap: "ff_out" matches both every block's MLP output `blocks.{i}.ff_out` and the untied LM head
-`model.transformer.ff_out`. We therefore write the plain suffix list only when PEFT would adapt exactly our
-modules with it, and an exact regex otherwise.
+ends with "." + entry, a string is a regex that must match the whole name. The suffix rule has traps: with LLaDA's
+names "ff_out" matches both every block's MLP output `blocks.{i}.ff_out` and the untied LM head
+`model.transformer.ff_out`; with LLaDA-MoE's, "gate_proj" matches the shared expert's and every routed expert's
+`mlp.experts.{e}.gate_proj` (which dllm_rl does not adapt). We therefore write the plain suffix list only when PEFT
+would adapt exactly our modules with it, and an exact regex otherwise.
 """
 from __future__ import annotations
 
@@ -22,18 +26,20 @@ from dllm_rl.assets import LLADA_8B_META_DIR
 from dllm_rl.checkpoint.hf import (INDEX_FILE, CheckpointError, get_path, hf_names, leaf_sources, resolve_dtype,
                                    set_path)
 from dllm_rl.export.safetensors_io import write_file
-from dllm_rl.models.llada import LLaDAConfig
-from dllm_rl.models.lora import LAYER_TARGETS, LoRAConfig
+from dllm_rl.models import DecoderConfig
+from dllm_rl.models.lora import TARGETS, LoRAConfig
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 LLADA_8B_INDEX = LLADA_8B_META_DIR / INDEX_FILE
 _KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$")
+_LAYER_MODULE = re.compile(r"^(.*\.(?:blocks|layers))\.\d+\.(.+)$")  # (prefix, name inside the layer)
 
 
-def module_names(config: LLaDAConfig) -> list[str]:
-    """Every module of the torch model that owns a weight (`model.transformer.blocks.0.q_proj`, ...)."""
-    return [name[: -len(".weight")] for name in hf_names(config)]
+def module_names(config: DecoderConfig) -> list[str]:
+    """Every module of the torch model that owns a weight (`model.transformer.blocks.0.q_proj`,
+    `model.layers.0.self_attn.q_proj`, ...), in checkpoint order; a tied LM head owns none."""
+    return [name[: -len(".weight")] for name in hf_names(config) if name.endswith(".weight")]
 
 
 def index_module_names(index_path: str | os.PathLike = LLADA_8B_INDEX) -> set[str]:
@@ -53,35 +59,41 @@ def peft_adapted(target_modules: str | Sequence[str], names: Iterable[str]) -> s
     return {n for n in names if peft_matches(target_modules, n)}
 
 
-def _adapted_sources(lora_config: LoRAConfig, config: LLaDAConfig) -> Iterator[tuple[tuple[str, ...], list[str]]]:
-    """(params path, module name per layer, or the single module) of every kernel `lora_config` adapts."""
-    wanted = {("layers", t) for t in lora_config.targets} | ({("lm_head",)} if lora_config.lm_head else set())
+def _adapted_sources(lora_config: LoRAConfig, config: DecoderConfig) -> Iterator[tuple[tuple[str, ...], list[str]]]:
+    """(params path, module name per stacked layer, or the single module) of every kernel `lora_config` adapts
+    that the model has (a kernel stacked on `layers`, `dense_ffn` or `moe_ffn`; the untied LM head)."""
     for path, names, _ in leaf_sources(config):
-        if path in wanted:
+        if (path[-1] in lora_config.targets and len(path) == 2) or (path == ("lm_head",) and lora_config.lm_head):
             yield path, [n[: -len(".weight")] for n in names]
 
 
-def lora_module_names(lora_config: LoRAConfig, config: LLaDAConfig) -> set[str]:
+def lora_module_names(lora_config: LoRAConfig, config: DecoderConfig) -> set[str]:
     """Torch module names our adapters cover."""
     return {m for _, modules in _adapted_sources(lora_config, config) for m in modules}
 
 
-def peft_target_modules(lora_config: LoRAConfig, config: LLaDAConfig) -> list[str] | str:
+def peft_target_modules(lora_config: LoRAConfig, config: DecoderConfig) -> list[str] | str:
     """`target_modules` for adapter_config.json: the suffix list when PEFT's rule gives exactly our modules,
-    else a regex matching exactly them (e.g. block ff_out adapted but not the LM head, or the head alone)."""
+    else a regex matching exactly them (per layer prefix, any layer index: e.g. LLaDA's block ff_out adapted but
+    not its LM head, or LLaDA-MoE's shared expert but not its routed experts)."""
     ours = lora_module_names(lora_config, config)
-    suffixes = sorted({m.rsplit(".", 1)[1] for m in ours})
+    suffixes = sorted({m.rsplit(".", 1)[-1] for m in ours})
     if peft_adapted(suffixes, module_names(config)) == ours:
         return suffixes
-    alternatives = []
-    if lora_config.targets:
-        alternatives.append(r"model\.transformer\.blocks\.\d+\.(?:" + "|".join(sorted(lora_config.targets)) + ")")
-    if lora_config.lm_head:
-        alternatives.append(r"model\.transformer\.ff_out")
-    return "|".join(alternatives)
+    inner: dict[str, set[str]] = {}
+    alternatives = set()
+    for module in ours:
+        match = _LAYER_MODULE.match(module)
+        if match:
+            inner.setdefault(match.group(1), set()).add(match.group(2))
+        else:
+            alternatives.add(re.escape(module))
+    for prefix, names in inner.items():
+        alternatives.add(re.escape(prefix) + r"\.\d+\.(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")")
+    return "|".join(sorted(alternatives))
 
 
-def adapter_config_json(lora_config: LoRAConfig, config: LLaDAConfig, base_model: str = "") -> dict[str, Any]:
+def adapter_config_json(lora_config: LoRAConfig, config: DecoderConfig, base_model: str = "") -> dict[str, Any]:
     return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
             "r": lora_config.rank, "lora_alpha": lora_config.alpha,
             "target_modules": peft_target_modules(lora_config, config), "lora_dropout": lora_config.dropout,
@@ -91,7 +103,7 @@ def adapter_config_json(lora_config: LoRAConfig, config: LLaDAConfig, base_model
             "alpha_pattern": {}, "inference_mode": True}
 
 
-def adapter_tensors(adapters: dict, lora_config: LoRAConfig, config: LLaDAConfig,
+def adapter_tensors(adapters: dict, lora_config: LoRAConfig, config: DecoderConfig,
                     dtype: Any) -> Iterator[tuple[str, np.ndarray]]:
     """(PEFT name, torch-layout array in `dtype`) for every adapter matrix, one at a time."""
     np_dtype = resolve_dtype(dtype)
@@ -99,12 +111,12 @@ def adapter_tensors(adapters: dict, lora_config: LoRAConfig, config: LLaDAConfig
         node = get_path(adapters, path)
         a, b = np.asarray(node["a"]), np.asarray(node["b"])
         for i, module in enumerate(modules):
-            a_i, b_i = (a[i], b[i]) if path[0] == "layers" else (a, b)
+            a_i, b_i = (a[i], b[i]) if len(path) > 1 else (a, b)
             yield f"{PEFT_PREFIX}{module}.lora_A.weight", np.ascontiguousarray(a_i.T, dtype=np_dtype)
             yield f"{PEFT_PREFIX}{module}.lora_B.weight", np.ascontiguousarray(b_i.T, dtype=np_dtype)
 
 
-def write_peft(out_dir: str, adapters: dict, lora_config: LoRAConfig, config: LLaDAConfig,
+def write_peft(out_dir: str, adapters: dict, lora_config: LoRAConfig, config: DecoderConfig,
                dtype: Any = "float32", base_model: str = "") -> None:
     """Writes the two PEFT files into the existing folder `out_dir`."""
     np_dtype = resolve_dtype(dtype)
@@ -114,7 +126,7 @@ def write_peft(out_dir: str, adapters: dict, lora_config: LoRAConfig, config: LL
         json.dump(adapter_config_json(lora_config, config, base_model), f, indent=2)
 
 
-def _adapter_specs(lora_config: LoRAConfig, config: LLaDAConfig) -> list[tuple[str, tuple[int, int]]]:
+def _adapter_specs(lora_config: LoRAConfig, config: DecoderConfig) -> list[tuple[str, tuple[int, int]]]:
     """(PEFT name, torch shape) of every adapter matrix, in file order."""
     shapes = hf_names(config)
     specs = []
@@ -143,7 +155,7 @@ def _read_adapter_config(folder: str) -> dict:
     return cfg
 
 
-def load_peft(folder: str, config: LLaDAConfig, dtype: Any = "float32") -> tuple[LoRAConfig, dict]:
+def load_peft(folder: str, config: DecoderConfig, dtype: Any = "float32") -> tuple[LoRAConfig, dict]:
     """Reads a PEFT LoRA folder back into (LoRAConfig, adapters in our layout)."""
     cfg = _read_adapter_config(folder)
     path = os.path.join(folder, ADAPTER_WEIGHTS)
@@ -158,10 +170,15 @@ def load_peft(folder: str, config: LLaDAConfig, dtype: Any = "float32") -> tuple
         raise CheckpointError(f"{path}: holds no LoRA weights (base_model.model.<module>.lora_A/B.weight)")
     if strays or not modules <= known:
         raise CheckpointError(f"{path}: tensors {(strays + sorted(modules - known))[:4]} are not LoRA weights of "
-                              "LLaDA modules; the adapters belong to another model")
-    head = "model.transformer.ff_out"
-    lora_config = LoRAConfig(rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), lm_head=head in modules,
-                             targets=tuple(t for t in LAYER_TARGETS if f"model.transformer.blocks.0.{t}" in modules))
+                              f"{config.family} modules; the adapters belong to another model")
+    adaptable = {m: src for src, mods in _adapted_sources(LoRAConfig(targets=TARGETS, lm_head=True), config)
+                 for m in mods}
+    if not modules <= set(adaptable):
+        raise CheckpointError(f"{path}: adapters on {sorted(modules - set(adaptable))[:3]}, which dllm_rl does not "
+                              f"adapt (routed experts, router, norms, embedding); adaptable kernels: {list(TARGETS)}")
+    chosen = {adaptable[m] for m in modules}
+    lora_config = LoRAConfig(rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), lm_head=("lm_head",) in chosen,
+                             targets=tuple(t for t in TARGETS if any(src[-1] == t and len(src) == 2 for src in chosen)))
     expected = lora_module_names(lora_config, config)
     if modules != expected:
         odd = sorted(modules ^ expected)
@@ -181,6 +198,6 @@ def load_peft(folder: str, config: LLaDAConfig, dtype: Any = "float32") -> tuple
     for src_path, mods in _adapted_sources(lora_config, config):
         a = [tensors[f"{PEFT_PREFIX}{m}.lora_A.weight"].T.astype(np_dtype) for m in mods]
         b = [tensors[f"{PEFT_PREFIX}{m}.lora_B.weight"].T.astype(np_dtype) for m in mods]
-        pair = {"a": np.stack(a), "b": np.stack(b)} if src_path[0] == "layers" else {"a": a[0], "b": b[0]}
+        pair = {"a": np.stack(a), "b": np.stack(b)} if len(src_path) > 1 else {"a": a[0], "b": b[0]}
         set_path(adapters, src_path, pair)
     return lora_config, adapters

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from dllm_rl import paths
 from dllm_rl.checkpoint.hf import CheckpointError, get_path, set_path
 from dllm_rl.checkpoint.orbax import PARAMS_DIR
-from dllm_rl.models.llada import LLaDAConfig
+from dllm_rl.models import DecoderConfig, config_from_hf
 
 LeafReader = Callable[[tuple[str, ...]], np.ndarray]
 CHECKPOINT_DIR, STATE_ITEM = "checkpoints", "state"  # the trainer's W/checkpoints/<step>/state
@@ -75,13 +75,13 @@ def _abstract(metadata: Any) -> Any:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), metadata)
 
 
-def read_model_dir(model_dir: str) -> tuple[LLaDAConfig, dict, LeafReader]:
-    """(config, raw config.json, leaf reader) of an Orbax model folder."""
+def read_model_dir(model_dir: str) -> tuple[DecoderConfig, dict, LeafReader]:
+    """(config of the model's family, raw config.json, leaf reader) of an Orbax model folder."""
     params_dir = os.path.join(model_dir, PARAMS_DIR)
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{model_dir}: not an Orbax model folder (no {PARAMS_DIR}/); pass the output of "
                               "`python -m dllm_rl.convert` (convert an HF folder first) or the trainer's final_model")
-    config = LLaDAConfig.from_hf_config(model_dir)
+    config = config_from_hf(model_dir)
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         raw_config = json.load(f)
     step_dir = os.path.join(params_dir, str(_latest_step(

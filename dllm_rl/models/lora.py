@@ -1,8 +1,21 @@
-"""LoRA adapters for the LLaDA params tree, without touching the model code.
+"""LoRA adapters for the decoder's params tree (every family), without touching the model code.
 
-Targets are the AGRPO paper's (docs/algorithm.md): q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of
-every layer, optionally the LM head. Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the
-kernels), initialised as PEFT does (A Kaiming-uniform, B zero), so a fresh adapter leaves the model unchanged.
+Targets name kernels of the params tree (`models.decoder`). The AGRPO paper's (docs/algorithm.md) are q_proj,
+k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out of every layer, optionally the LM head; HF calls them q/k/v_proj,
+o_proj, gate_proj, up_proj, down_proj in the Qwen-style families. Per family:
+- Dream's q/k/v biases and every family's norms (A2D-Qwen3's and LLaDA-MoE's per-head q/k norms) stay frozen, as
+  PEFT's LoRA leaves a Linear's bias (`bias="none"`) and non-Linear modules alone.
+- A tied LM head (A2D-Qwen3-0.6B) is the embedding: `lm_head=True` there is an error, since an adapter on it would
+  also change the input embedding (set lm_head=False).
+- LLaDA-MoE: the attention projections of every layer; ff_proj / up_proj / ff_out adapt the dense FFN layers only
+  (wherever `moe_layer_freq` has them; a model whose every layer is MoE has none, and naming them is an error);
+  shared_ff_proj / shared_up_proj / shared_ff_out adapt the shared expert, which every token of an MoE layer runs.
+  Not adapted: the routed experts' kernels (a per-expert adapter needs an expert-batched low-rank path inside
+  `moe.moe_ffn`'s einsums, and E times the adapter parameters) and the router (its output picks the top-k experts:
+  an adapter there would change which experts each token runs; frozen, the base model's routing is kept).
+`check_targets` tells, from a model config alone, whether a LoRAConfig fits that family (before weights load).
+Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the kernels), initialised as PEFT does
+(A Kaiming-uniform, B zero), so a fresh adapter leaves the model unchanged.
 
 Two ways to run the adapted model:
 - `apply_lora` (training): each target kernel becomes a `LoRAWeight`, which the model's `x @ kernel` evaluates as
@@ -27,7 +40,12 @@ import jax.numpy as jnp
 Params = dict[str, Any]
 
 CONFIG_FILE = "lora_config.json"  # a run's LoRAConfig as JSON in its workdir (trainer writes, dllm_rl.export reads)
-LAYER_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+LAYER_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")  # the paper's
+SHARED_EXPERT_TARGETS = ("shared_ff_proj", "shared_up_proj", "shared_ff_out")  # LLaDA-MoE's shared expert
+TARGETS = LAYER_TARGETS + SHARED_EXPERT_TARGETS
+# The stacked per-layer groups of the params tree (`models.decoder`): all layers, or with mixed dense / MoE layers
+# the FFN leaves of each kind on their own stacks.
+_GROUPS = ("layers", "dense_ffn", "moe_ffn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +62,9 @@ class LoRAConfig:
     def __post_init__(self):
         if self.rank <= 0:
             raise ValueError(f"LoRAConfig.rank must be positive, got {self.rank}")
-        unknown = sorted(set(self.targets) - set(LAYER_TARGETS))
+        unknown = sorted(set(self.targets) - set(TARGETS))
         if unknown:
-            raise ValueError(f"LoRAConfig.targets has unknown kernel(s) {unknown}; choose from {LAYER_TARGETS}")
+            raise ValueError(f"LoRAConfig.targets has unknown kernel(s) {unknown}; choose from {TARGETS}")
         if not self.targets and not self.lm_head:
             raise ValueError("LoRAConfig adapts nothing: give targets or set lm_head=True")
         if not 0.0 <= self.dropout < 1.0:
@@ -102,11 +120,30 @@ def _dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
 
 
 def _targets(base: Params, config: LoRAConfig) -> list[tuple[tuple[str, ...], Any]]:
-    """(path, base kernel) of every adapted kernel."""
-    out = [(("layers", name), base["layers"][name]) for name in config.targets]
+    """(path, base kernel) of every adapted kernel; a target the params lack is an error naming the fix."""
+    out = []
+    for name in config.targets:
+        paths = [(group, name) for group in _GROUPS if name in base.get(group, {})]
+        if not paths:
+            present = [t for t in TARGETS if any(t in base.get(group, {}) for group in _GROUPS)]
+            raise ValueError(f"LoRAConfig.targets names {name!r}, which this model does not have (dense FFN "
+                             f"kernels are absent when every layer is MoE, shared-expert kernels without MoE); "
+                             f"choose LoRAConfig.targets from {present}")
+        out += [(path, _get(base, path)) for path in paths]
     if config.lm_head:
+        if "lm_head" not in base:
+            raise ValueError("LoRAConfig.lm_head=True but this model's LM head is tied to the input embedding (no "
+                             "'lm_head' param; tie_word_embeddings): an adapter on it would change the embedding "
+                             "too. Set LoRAConfig.lm_head=False")
         out.append((("lm_head",), base["lm_head"]))
     return out
+
+
+def check_targets(config: LoRAConfig, model_config) -> None:
+    """Raises ValueError (naming the field and the fix) when `config` adapts a kernel `model_config`'s params lack."""
+    from dllm_rl.models.decoder import param_shapes
+
+    _targets(param_shapes(model_config), config)
 
 
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
@@ -137,7 +174,9 @@ def init_lora(base: Params, config: LoRAConfig, rng: jax.Array) -> Params:
 def _with_targets(base: Params, config: LoRAConfig, make) -> Params:
     """Copy of the base tree with every target kernel replaced by make(path, kernel)."""
     out = dict(base)
-    out["layers"] = dict(base["layers"])
+    for group in _GROUPS:
+        if group in base:
+            out[group] = dict(base[group])
     for path, w in _targets(base, config):
         _set(out, path, make(path, w))
     return out
@@ -154,7 +193,7 @@ def _dropout_keys(base: Params, config: LoRAConfig, rng: jax.Array | None) -> di
 
 
 def apply_lora(base: Params, lora: Params, config: LoRAConfig, dropout_rng: jax.Array | None = None) -> Params:
-    """Params for `llada.forward` with an added low-rank path on each target (usable inside jit; see module doc).
+    """Params for `models.forward` with an added low-rank path on each target (usable inside jit; see module doc).
 
     `dropout_rng` (training forwards only) draws the adapter-input dropout of `config.dropout`; None: no dropout.
     """
@@ -184,7 +223,7 @@ def merge_lora(base: Params, lora: Params, config: LoRAConfig, *, dtype=None) ->
 
 
 def lora_logical_axes(config: LoRAConfig, base_axes: Params) -> Params:
-    """Logical axis names of the adapters, from the base kernels' (`llada.param_logical_axes()`): A is
+    """Logical axis names of the adapters, from the base kernels' (`models.param_logical_axes(model_config)`): A is
     (..., kernel input, `lora_rank`), B (..., `lora_rank`, kernel output)."""
     axes: Params = {}
     for path, kernel_axes in _targets(base_axes, config):

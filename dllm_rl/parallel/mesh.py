@@ -1,6 +1,6 @@
 """Device mesh from a spec, logical-axis rules → `NamedSharding`s for params and batches.
 
-Each parameter carries logical axis names (`models.llada.param_logical_axes`); one rules table maps them to
+Each parameter carries logical axis names (`models.decoder.param_logical_axes`); one rules table maps them to
 mesh axes (`data`, `fsdp`, `tensor`), as MaxText's `logical_axis_rules` and big_vision's `sharding.py` do. The
 table is `MeshConfig.rules`: the trainer lays out params, LoRA adapters, optimizer state and batches with it, so
 changing the parallelism strategy is a config change (`dllm_rl.MeshConfig.rules` in gin). Meshes use Auto axis
@@ -30,6 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
+    ("expert", None),  # MoE experts: map to a mesh axis for expert parallelism (models.moe)
     ("lora_rank", "fsdp"),  # where 'fsdp' is not taken by the factor's other dimension (see lora_shardings)
 )
 
@@ -107,21 +108,21 @@ def tree_shardings(mesh: Mesh, logical_tree: Any, rules=DEFAULT_RULES) -> Any:
 
 
 def param_shardings(mesh: Mesh, config=None, rules=DEFAULT_RULES) -> Any:
-    """NamedSharding per LLaDA parameter (same tree as the params)."""
-    from dllm_rl.models.llada import param_logical_axes
+    """NamedSharding per parameter of `config`'s family (same tree as the params); None: LLaDA's tree."""
+    from dllm_rl.models.decoder import param_logical_axes
 
-    del config  # the layout does not depend on sizes; kept for call-site symmetry with param_shapes(config)
-    return tree_shardings(mesh, param_logical_axes(), rules)
+    return tree_shardings(mesh, param_logical_axes(config), rules)
 
 
-def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_RULES) -> Any:
-    """NamedSharding per LoRA factor (the adapters' tree; `adapter_shapes` holds their shape tuples).
+def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_RULES, model_config=None) -> Any:
+    """NamedSharding per LoRA factor (the adapters' tree; `adapter_shapes` holds their shape tuples) of
+    `model_config`'s family (None: LLaDA's tree).
 
     With the default rules every factor is split over 'fsdp' once: A along its input (`embed`) or, where that is
     not an fsdp dimension (ff_out's `mlp`), along the rank; B along the rank. A rank the mesh axes do not divide
     (a small rank on a large mesh) stays whole in that factor: adapters are small, replicating them is cheap.
     """
-    from dllm_rl.models.llada import param_logical_axes
+    from dllm_rl.models.decoder import param_logical_axes
     from dllm_rl.models.lora import lora_logical_axes
 
     whole_rank = tuple((name, None if name == "lora_rank" else target) for name, target in rules)
@@ -133,7 +134,7 @@ def lora_shardings(mesh: Mesh, lora_config, adapter_shapes: Any, rules=DEFAULT_R
             spec = logical_to_spec(axes, whole_rank, mesh)
         return NamedSharding(mesh, spec)
 
-    return jax.tree.map(sharding, lora_logical_axes(lora_config, param_logical_axes()), adapter_shapes,
+    return jax.tree.map(sharding, lora_logical_axes(lora_config, param_logical_axes(model_config)), adapter_shapes,
                         is_leaf=_is_axes)
 
 

@@ -189,12 +189,24 @@ class ExperimentConfig:
             except ValueError as e:
                 raise TrainError(str(e)) from None
 
+    def _check_lora_fits_the_model(self) -> None:
+        """The LoRA targets exist in the model's family (from its config.json; no weights are read)."""
+        from dllm_rl.models import config_from_hf
+
+        model_config = config_from_hf(self.model.path(self.model._given()[0]))
+        try:
+            lora_lib.check_targets(self.lora, model_config)
+        except ValueError as e:
+            raise TrainError(f"{e} (the model is {model_config.family})") from None
+
     def validate(self, check_model: bool = True) -> None:
         """All cross-field checks, before any model is loaded or compiled (`check_model`: also that the model and
         tokenizer folders exist)."""
         self.train.validate()
         if check_model:
             self.model.validate()
+            if self.lora is not None:
+                self._check_lora_fits_the_model()
         try:
             get_task(self.train.task)
         except KeyError as e:

@@ -51,9 +51,9 @@ def _restore_onto(state_dir: str, key: str, metadata: Any, shardings: Any) -> An
     return restored[key]
 
 
-def _place_adapters(adapters: Any, lora_config: lora_lib.LoRAConfig, mesh, rules) -> Any:
+def _place_adapters(adapters: Any, lora_config: lora_lib.LoRAConfig, mesh, rules, model_config) -> Any:
     shapes = jax.tree.map(lambda x: x.shape, adapters)
-    return jax.device_put(adapters, mesh_lib.lora_shardings(mesh, lora_config, shapes, rules))
+    return jax.device_put(adapters, mesh_lib.lora_shardings(mesh, lora_config, shapes, rules, model_config))
 
 
 def load_run_policy(run_dir: str, model_config: llada.LLaDAConfig, base_params: Any, mesh,
@@ -64,10 +64,10 @@ def load_run_policy(run_dir: str, model_config: llada.LLaDAConfig, base_params: 
     run_dir = os.fspath(run_dir)
     if is_peft_folder(run_dir):
         lora_config, adapters = load_peft(run_dir, model_config)
-        return sampling_params(_place_adapters(adapters, lora_config, mesh, rules), base_params,
+        return sampling_params(_place_adapters(adapters, lora_config, mesh, rules, model_config), base_params,
                                lora_config), lora_config
     checkpoint = TrainerCheckpoint(trainer_state_dir(run_dir, step))
-    param_shardings = mesh_lib.param_shardings(mesh, rules=rules)
+    param_shardings = mesh_lib.param_shardings(mesh, model_config, rules=rules)
     if checkpoint.has_base:
         base_params = _restore_onto(checkpoint.state_dir, "base", checkpoint.metadata, param_shardings)
     if not checkpoint.is_lora:
@@ -75,5 +75,5 @@ def load_run_policy(run_dir: str, model_config: llada.LLaDAConfig, base_params: 
     lora_config = run_lora_config(checkpoint.state_dir)
     shapes = jax.tree.map(lambda m: tuple(m.shape), checkpoint.metadata["trainable"])
     adapters = _restore_onto(checkpoint.state_dir, "trainable", checkpoint.metadata,
-                             mesh_lib.lora_shardings(mesh, lora_config, shapes, rules))
+                             mesh_lib.lora_shardings(mesh, lora_config, shapes, rules, model_config))
     return sampling_params(adapters, base_params, lora_config), lora_config

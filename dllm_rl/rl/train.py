@@ -86,14 +86,14 @@ class Trainer:
 
     def param_shardings(self, model_config: llada.LLaDAConfig):
         """Shardings of the model params, checked against their shapes."""
-        shardings = mesh_lib.param_shardings(self.mesh, rules=self.rules)
+        shardings = mesh_lib.param_shardings(self.mesh, model_config, rules=self.rules)
         _as_train_error(mesh_lib.check_divisible, llada.param_shapes(model_config), shardings)
         return shardings
 
     def place_lora(self, adapters):
         """LoRA adapters on their shardings (the optimizer state, created from them, follows)."""
         shapes = jax.tree.map(lambda x: x.shape, adapters)
-        shardings = mesh_lib.lora_shardings(self.mesh, self.cfg.lora, shapes, self.rules)
+        shardings = mesh_lib.lora_shardings(self.mesh, self.cfg.lora, shapes, self.rules, self.model_config)
         _as_train_error(mesh_lib.check_divisible, shapes, shardings, "LoRA adapter")
         return jax.device_put(adapters, shardings)
 

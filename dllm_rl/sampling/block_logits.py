@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dllm_rl import models
 from dllm_rl.models import llada
 from dllm_rl.sampling.schedule import SamplerConfig
 
@@ -79,9 +80,10 @@ def exact_hidden(model: Model, x_BxT: jax.Array) -> jax.Array:
 
 
 def logits_from_hidden(model: Model, h_BxTxD: jax.Array, start, n: int) -> jax.Array:
-    """float32 logits [B, n, V] at positions start..start+n-1 of `exact_hidden`'s states."""
-    window_BxNxD = jax.lax.dynamic_slice_in_dim(h_BxTxD, start, n, axis=1)
-    return guide(model.sampler, llada.lm_head(model.params, window_BxNxD))
+    """float32 aligned logits [B, n, V] at positions start..start+n-1 of `exact_hidden`'s states (any family: a
+    shifted one reads the states one position earlier, a tied head the embedding)."""
+    pos_BxN = jnp.broadcast_to(start + jnp.arange(n), (h_BxTxD.shape[0], n))
+    return guide(model.sampler, models.logits_at(model.config, model.params, h_BxTxD, pos_BxN))
 
 
 def block_cache(model: Model, x_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -126,6 +126,10 @@ def validate_inputs(config, sampler: SamplerConfig, prompt_ids, attention_mask=N
             f"max_sequence_length {config.max_sequence_length}")
     if attention_mask is not None and tuple(np.shape(attention_mask)) != (b, p):
         raise SamplerInputError(f"attention_mask shape {np.shape(attention_mask)} != prompt shape {(b, p)}")
+    if sampler.fast and (config.logit_shift or config.positions_skip_padding):
+        raise SamplerInputError(
+            f"fast=True is not implemented for the {config.family} family: with shifted logits the cached window "
+            "would have to start one token early and carry padding-skipping RoPE positions; use fast=False")
     if not sampler.infill and not isinstance(prompt_ids, jax.core.Tracer):
         rows = _rows_holding(prompt_ids, config.mask_token_id)
         if rows:
