@@ -14,7 +14,6 @@ from dllm_rl.checkpoint import load_hf
 from dllm_rl.rl import evaluate as eval_lib
 from dllm_rl.sampling import SamplerConfig, SamplerInputError, sampler_config
 from dllm_rl.sampling.draws import row_keys
-from dllm_rl.sampling.gumbel import gumbel_noise_by_slot
 from dllm_rl.sampling.proposal import propose
 from dllm_rl.tokenizer import Tokenizer
 from tests.test_proposal import FREQUENCY_CASES
@@ -95,14 +94,6 @@ def test_row_keyed_draws_follow_the_truncated_distribution(probs, top_k, top_p, 
     assert scipy.stats.chisquare(counts[tokens], expected).pvalue > 1e-6, (counts, expected)
 
 
-def test_slot_noise_is_a_prefix_of_a_longer_draw_and_gumbel_distributed():
-    """A k-candidate list and the full-vocabulary fallback get the same noise on their first k slots."""
-    key = jax.random.key(5)
-    long_V, short_K = jax.jit(lambda k: gumbel_noise_by_slot(k, 4096))(key), gumbel_noise_by_slot(key, 150)
-    np.testing.assert_allclose(long_V[:150], short_K, rtol=1e-6, atol=1e-6)
-    assert scipy.stats.kstest(np.asarray(long_V), "gumbel_r").pvalue > 1e-6
-
-
 def test_row_keys_follow_prompt_and_generation_not_row():
     key = jax.random.key(11)
     keys = row_keys(key, [4, 9], group=3)
@@ -125,3 +116,20 @@ def test_row_keys_need_one_key_per_row_and_no_replay(kwargs, match, tiny_dir, un
     with pytest.raises(SamplerInputError, match=match):
         uncompiled_generate(config, params, np.zeros((2, 16), np.int64), steps=8, gen_length=16, block_length=8,
                             temperature=0.7, row_keys=True, **kwargs)
+
+
+def test_a_row_keeps_its_draws_when_another_row_forces_the_tie_fallback():
+    """Top-k ties in one row switch the whole batch to the full-vocabulary candidate list (candidates.py); the
+    other row's draws stay those it makes alone: its noise comes from a key per position, whose first k slots do
+    not depend on the list's length (keys per row drawing [N, C] change 66 of these 120 draws)."""
+    rng = np.random.default_rng(0)
+    logits_2xNxV = rng.normal(0, 2, (2, 6, 300)).astype(np.float32)
+    logits_2xNxV[1, :, :10] = 5.0  # row 1: ten tokens tied at the top, so top_k=4 keeps ten (the fallback)
+    sampler = sampler_config(steps=1, gen_length=6, block_length=6, temperature=1.0, top_k=4, top_p=0.95,
+                             record=True, row_keys=True)
+    draw = jax.jit(lambda logits, keys: propose(logits, sampler, keys, True))
+    for seed in range(20):
+        keys_2xN = jax.random.split(jax.random.key(seed), 12).reshape(2, 6)
+        both, alone = draw(jnp.asarray(logits_2xNxV), keys_2xN), draw(jnp.asarray(logits_2xNxV[:1]), keys_2xN[:1])
+        np.testing.assert_array_equal(both.x0_BxN[:1], alone.x0_BxN)
+        np.testing.assert_allclose(both.logp_BxN[:1], alone.logp_BxN, atol=1e-6)

@@ -10,7 +10,7 @@ Prompts are rendered with the task's template, tokenised and grouped into genera
   program shape per bucket, the same per-device shape on any number of devices), and the rows that fill the last
   call are copies whose outputs are dropped. Tensor parallelism splits the model's reductions over devices and
   is not covered. Sampled decoding (temperature > 0) is invariant too with a sampler that has `row_keys=True`:
-  each example then samples from its own key, `fold_in(rng, its index in the split)` (`draws.row_keys`); without
+  each example then samples from its own key, made from `rng` and its index in the split (`draws.row_keys`); without
   it a call draws with one key, so only greedy decoding is invariant.
 - `per_batch`: the reference protocol (the official eval scripts): consecutive batches of `batch_size` examples,
   each left-padded to its own longest prompt; results can move with the batch size and composition. Use it to

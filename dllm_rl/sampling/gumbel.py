@@ -8,8 +8,6 @@ about 16 for the default mode (arXiv:2409.02908 reports that low-precision Gumbe
 with the high-range draw keeps the tail error far below the decision margins of the golden fixtures, 3.3e-3).
 Replays of stored float64 uniforms convert them to g in float64 on the host (`gumbel_from_uniforms`) and round
 g once to float32.
-Row keys (`SamplerConfig.row_keys`) draw with `gumbel_noise_by_slot`: the same high-range noise, but entry j of
-a draw depends only on the key and j, so a list of k candidates gets the first k values of a list of V.
 """
 from __future__ import annotations
 
@@ -21,18 +19,6 @@ import numpy as np
 def gumbel_noise(key: jax.Array, shape) -> jax.Array:
     """float32 Gumbel(0, 1) noise with the high-dynamic-range uniform draw."""
     return jax.random.gumbel(key, shape, jnp.float32, mode="high")
-
-
-def gumbel_noise_by_slot(key: jax.Array, num: int) -> jax.Array:
-    """float32 Gumbel(0, 1) noise [num], high-range as `gumbel_noise`, whose entry j depends only on `key` and j
-    (a shorter draw is a prefix of a longer one). jax.random.gumbel(mode="high") draws its two uniforms as
-    [2, num], which ties entry j to num; here they are [num, 2] pairs (JAX's default partitionable threefry gives
-    element i of a draw from counter i alone), combined by the same formula."""
-    u_Sx2 = jax.random.uniform(key, (num, 2), jnp.float32)
-    high_S, low_S = u_Sx2[:, 0], u_Sx2[:, 1]
-    finfo = jnp.finfo(jnp.float32)
-    x_S = jnp.where(high_S >= 0.5, high_S, high_S + 2.0 ** -finfo.nmant * low_S + finfo.tiny)
-    return -jnp.log(-jnp.log1p(-x_S))
 
 
 def gumbel_from_uniforms(uniforms) -> np.ndarray:

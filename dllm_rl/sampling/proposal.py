@@ -7,10 +7,12 @@ run over the C candidates, not the vocabulary. Temperature 0 is greedy over the 
 Noise: replayed noise [B, N, V] (tests) is read at the candidates' token ids, so every draw equals the
 reference's; noise from a key is drawn per candidate slot, [B, N, C] (i.i.d. Gumbel, independent of the
 logits, so the sampled distribution is exact; without truncation C = V in vocabulary order, the same draws as a
-per-token draw). With row keys (`SamplerConfig.row_keys`) the source is a key per row and position [B, N]
-and each draws its C values by slot (`gumbel_noise_by_slot`), so a row's noise depends on nothing else in the
-batch, and the k-candidate list and the full-vocabulary fallback of top-k ties (candidates.py, chosen for the
-whole batch) give the top k candidates the same noise.
+per-token draw). With row keys (`SamplerConfig.row_keys`) the source is a key per row and position [B, N],
+each drawing its position's C values, so a row's noise depends on nothing else in the batch. The k-candidate
+list and the full-vocabulary fallback of top-k ties (candidates.py, chosen for the whole batch) then give a
+position's top k slots the same noise but for its last bits (jax's high-range Gumbel draws each slot's leading
+uniform from the key and the slot alone; only the low-order one, worth 2^-23 of it, moves with C), and the
+fallback's log-probs may differ from the list's in rounding.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 from dllm_rl.models.logits import gather_tokens
 from dllm_rl.sampling import candidates as cand
 from dllm_rl.sampling import truncation as trunc
-from dllm_rl.sampling.gumbel import gumbel_noise, gumbel_noise_by_slot
+from dllm_rl.sampling.gumbel import gumbel_noise
 from dllm_rl.sampling.schedule import SamplerConfig
 
 
@@ -43,7 +45,7 @@ def candidate_gumbel(source, cands: cand.Candidates, by_id: bool) -> jax.Array:
     if jax.dtypes.issubdtype(source.dtype, jax.dtypes.prng_key):
         if source.ndim == 2:
             num = cands.ids_BxNxC.shape[-1]
-            return jax.vmap(jax.vmap(lambda key: gumbel_noise_by_slot(key, num)))(source)
+            return jax.vmap(jax.vmap(lambda key: gumbel_noise(key, (num,))))(source)
         return gumbel_noise(source, cands.ids_BxNxC.shape)
     return source if by_id else jnp.take_along_axis(source, cands.ids_BxNxC, axis=-1)
 
