@@ -9,7 +9,7 @@
       --gen_length 96 --block_length 12 --steps 32 --temperature 0.6 --top_k 150 --top_p 0.99 --remasking random \
       --record --no_early_stop --compare_greedy --repeats 2
       # recorded rollout vs greedy generation at the same shape and steps (same forwards): the ratio is the
-      # sampling + recording overhead
+      # sampling + recording overhead (--compare_row_keys instead: the cost of one key per row, row_keys=True)
   python -m experiments.bench sampler_profile --d_model 512 --n_layers 8 --vocab 126464 --batch 8 \
       --prompt_len 64 --gen_length 96 --block_length 12 --temperature 0.6 --top_k 150 --top_p 0.99
       # one recorded step's pieces timed in isolation
@@ -144,6 +144,8 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel_threshold", type=float, default=None, help="fast mode: Fast-dLLM threshold decoding")
     p.add_argument("--compare_greedy", action="store_true",
                    help="also time greedy generation at the same shape and steps, alternating runs; report the ratio")
+    p.add_argument("--compare_row_keys", action="store_true",
+                   help="also time the same call with row_keys=True (one key per row), alternating; report the ratio")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak_tflops", type=float, default=989.0, help="device peak for MFU (H100 dense bf16: 989)")
@@ -174,6 +176,7 @@ def time_alternating(calls: dict, repeats: int) -> tuple[dict, dict, dict]:
 
 def run_sampler(args) -> dict:
     from dllm_rl.sampling import generate
+    from dllm_rl.sampling.draws import row_keys
 
     config, params = load_model(args)
     prompt = np.random.default_rng(args.seed).integers(0, min(config.vocab_size, config.mask_token_id),
@@ -185,8 +188,15 @@ def run_sampler(args) -> dict:
     variants = {"rollout": kwargs}
     if args.compare_greedy:
         variants["greedy"] = greedy_kwargs(kwargs)
-    calls = {name: functools.partial(lambda kw, i: generate(config, params, prompt, rng=jax.random.key(args.seed + i),
-                                                            **kw), kw) for name, kw in variants.items()}
+    if args.compare_row_keys:
+        variants["row_keys"] = dict(kwargs, row_keys=True)
+
+    def rng(kw, i):
+        key = jax.random.key(args.seed + i)
+        return row_keys(key, np.arange(args.batch)) if kw.get("row_keys") else key
+
+    calls = {name: functools.partial(lambda kw, i: generate(config, params, prompt, rng=rng(kw, i), **kw), kw)
+             for name, kw in variants.items()}
     first, times, results = time_alternating(calls, args.repeats)
     rollout, seconds = results["rollout"], statistics.median(times["rollout"])
     steps_run = int(rollout.steps_run)
@@ -212,6 +222,10 @@ def run_sampler(args) -> dict:
         greedy = statistics.median(times["greedy"])
         result.update(greedy_seconds=greedy, greedy_seconds_all=times["greedy"],
                       greedy_steps_run=int(results["greedy"].steps_run), rollout_over_greedy=seconds / greedy)
+    if args.compare_row_keys:
+        keyed = statistics.median(times["row_keys"])
+        result.update(row_keys_seconds=keyed, row_keys_seconds_all=times["row_keys"],
+                      row_keys_compile_and_first_s=first["row_keys"], row_keys_over_rollout=keyed / seconds)
     return result
 
 

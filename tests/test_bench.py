@@ -21,6 +21,12 @@ def test_sampler_compare_greedy_smoke():
     assert result["rollout_over_greedy"] > 0 and len(result["greedy_seconds_all"]) == 1
 
 
+def test_sampler_compare_row_keys_smoke():
+    result = bench.main(["sampler", "--vocab", "300", "--steps", "6", "--remasking", "random", "--record",
+                         "--no_early_stop", "--compare_row_keys", "--repeats", "1"] + ROLLOUT)
+    assert result["row_keys_over_rollout"] > 0 and len(result["row_keys_seconds_all"]) == 1
+
+
 def test_sampler_profile_smoke():
     result = bench.main(["sampler_profile", "--vocab", "300", "--repeats", "1"] + ROLLOUT)
     assert result["bench"] == "sampler_profile"

@@ -544,6 +544,7 @@ import jax, jax.numpy as jnp, numpy as np
 from dllm_rl.checkpoint import load_hf
 from dllm_rl.parallel.mesh import make_mesh
 from dllm_rl.sampling import generate
+from dllm_rl.sampling.draws import row_keys
 assert len(jax.devices()) == 8
 config, params = load_hf(sys.argv[1])
 prompt = np.random.default_rng(0).integers(0, 150, (8, 8))
@@ -553,7 +554,11 @@ single = generate(config, params, prompt, **kw)
 mesh = make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
 sharded = generate(config, params, prompt, mesh=mesh, **kw)
 jax.block_until_ready(sharded)
+keyed = dict(kw, row_keys=True, rng=row_keys(jax.random.key(3), np.arange(8)))
+keyed_single, keyed_sharded = (generate(config, params, prompt, mesh=m, **keyed) for m in (None, mesh))
 print(json.dumps({
+    "row_keys": bool(np.array_equal(keyed_single.tokens, keyed_sharded.tokens)),
+    "row_keys_split": list(np.atleast_1d(keyed_sharded.tokens.sharding.spec[0])),
     "tokens": bool(np.array_equal(single.tokens, sharded.tokens)),
     "unmask": bool(np.array_equal(single.unmask_step, sharded.unmask_step)),
     "bits": bool(np.array_equal(single.truncation.bits, sharded.truncation.bits)),
@@ -572,6 +577,7 @@ def test_sharded_generate_equals_unsharded(tiny_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["tokens"] and res["unmask"] and res["bits"], res
+    assert res["row_keys"] and res["row_keys_split"] == ["data", "fsdp"], res  # one key per row, split with the rows
     assert res["logp"] < 1e-5 and res["ndev"] == 8, res
     assert res["batch_axes"] == ["data", "fsdp"] and res["other_axes"] == [], res  # rows split, positions whole
 

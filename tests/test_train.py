@@ -342,3 +342,37 @@ def test_lora_run_on_another_family(family, tmp_path):
     trained = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape), trainer.trainable)
     _, _, row = trainer._step(2, trained, trainer.frozen, trainer.tx.init(trained), trainer._dataset(0))
     assert 0 <= row["logp_mismatch_mean"] <= row["logp_mismatch_max"] < 1e-4, row
+
+
+def test_row_keyed_rollouts_key_each_row_by_its_prompt_and_generation(tmp_path, monkeypatch):
+    """With `row_keys`, the rows of a step's rollouts are keyed by (seed, step, the prompt's position among the
+    step's prompts, generation) whatever the micro-batching: 2 micro-batches of 2 prompts and 1 of 4 sample the
+    same four prompts with the same keys, as `draws.row_keys` documents, and the same completions."""
+    from dllm_rl.rl import train as train_lib
+    from dllm_rl.sampling.draws import row_keys
+
+    def rollouts(ppmb, grad_accum):
+        cfg = parse_config([DEMO], ["dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.eval_every = 0",
+                                    f"dllm_rl.TrainConfig.prompts_per_micro_batch = {ppmb}",
+                                    f"dllm_rl.TrainConfig.grad_accum = {grad_accum}",
+                                    "dllm_rl.AGRPOConfig.num_generations = 2", "dllm_rl.AGRPOConfig.mc_samples = 1",
+                                    "rollout/dllm_rl.SamplerConfig.row_keys = True"])
+        trainer = Trainer(cfg, tmp_path / f"{ppmb}x{grad_accum}")
+        calls, real = [], train_lib.generate
+
+        def recording(*args, rng, **kwargs):
+            out = real(*args, rng=rng, **kwargs)
+            calls.append((np.asarray(jax.random.key_data(rng)), np.asarray(out.tokens)))
+            return out
+
+        monkeypatch.setattr(train_lib, "generate", recording)
+        trainer._step(3, *trainer.init_state(trainer.base_params), trainer._dataset(0))
+        keys, tokens = (np.concatenate([c[i] for c in calls]) for i in (0, 1))
+        return keys, tokens, trainer
+
+    keys, tokens, trainer = rollouts(2, 2)
+    keys_one, tokens_one, _ = rollouts(4, 1)
+    want = row_keys(jax.random.fold_in(trainer._row_key, 3), np.arange(4), 2)
+    np.testing.assert_array_equal(keys, jax.random.key_data(want))
+    np.testing.assert_array_equal(keys_one, keys)
+    np.testing.assert_array_equal(tokens_one, tokens)

@@ -9,8 +9,9 @@ Prompts are rendered with the task's template, tokenised and grouped into genera
   prompts), the prompts of one bucket are generated `rows_per_device` rows per batch device at a time (one
   program shape per bucket, the same per-device shape on any number of devices), and the rows that fill the last
   call are copies whose outputs are dropped. Tensor parallelism splits the model's reductions over devices and
-  is not covered. A batch of sampled decoding (temperature > 0) draws with one key per call, so only greedy
-  decoding is invariant.
+  is not covered. Sampled decoding (temperature > 0) is invariant too with a sampler that has `row_keys=True`:
+  each example then samples from its own key, made from `rng` and its index in the split (`draws.row_keys`); without
+  it a call draws with one key, so only greedy decoding is invariant.
 - `per_batch`: the reference protocol (the official eval scripts): consecutive batches of `batch_size` examples,
   each left-padded to its own longest prompt; results can move with the batch size and composition. Use it to
   reproduce the official code's numbers.
@@ -34,6 +35,7 @@ import numpy as np
 from dllm_rl import paths
 from dllm_rl.parallel import multihost
 from dllm_rl.sampling import SamplerConfig, generate
+from dllm_rl.sampling.draws import row_keys
 from dllm_rl.tasks import Score, Task, render_prompts
 
 
@@ -111,9 +113,12 @@ def left_pad(ids: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.
 
 
 def complete(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]], sampler: SamplerConfig, *,
-             batching: Batching = Batching(), rng: jax.Array | None = None, mesh=None) -> list[str]:
-    """Completions of every tokenised prompt, generated in the calls `batching` makes (`calls`); a call whose first
-    example is example `i` samples with `fold_in(rng, i)` when `rng` is given."""
+             batching: Batching = Batching(), rng: jax.Array | None = None, mesh=None,
+             indices: Sequence[int] | None = None) -> list[str]:
+    """Completions of every tokenised prompt, generated in the calls `batching` makes (`calls`). When `rng` is
+    given, a call whose first example is example `i` samples with `fold_in(rng, i)`; with `sampler.row_keys`, each
+    example with its own key from `rng` and its index (`indices`: each prompt's index in its split; default its
+    position in `prompt_ids`)."""
     from dllm_rl.parallel import mesh as mesh_lib
 
     ways = 1 if mesh is None else mesh_lib.batch_ways(mesh)
@@ -122,7 +127,12 @@ def complete(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]
     for members, width in calls([len(x) for x in prompt_ids], batching, ways):
         filled = members + [members[-1]] * (rows - len(members))
         ids_BxP, mask_BxP = left_pad([prompt_ids[i] for i in filled], width, tokenizer.pad_token_id)
-        key = None if rng is None else jax.random.fold_in(rng, members[0])
+        if rng is None:
+            key = None
+        elif sampler.row_keys:
+            key = row_keys(rng, [i if indices is None else indices[i] for i in filled])
+        else:
+            key = jax.random.fold_in(rng, members[0])
         rollout = generate(model_config, params, ids_BxP, sampler, attention_mask=mask_BxP, rng=key, mesh=mesh)
         tokens_BxL = multihost.all_rows(rollout.tokens)[: len(members), width:]
         for i, text in zip(members, tokenizer.batch_decode(tokens_BxL, skip_special_tokens=False)):
@@ -133,14 +143,14 @@ def complete(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]
 def evaluate(model_config, params, tokenizer, task: Task, examples: Sequence[dict], sampler: SamplerConfig, *,
              batching: Batching = Batching(), prompt_style: str = "agrpo", keep_last: int | None = None,
              strict: bool = False, reward_style: str | None = None, rng: jax.Array | None = None,
-             mesh=None) -> list[Graded]:
+             mesh=None, indices: Sequence[int] | None = None) -> list[Graded]:
     """Generates (with `protocol(sampler)`) and grades one completion per example. `keep_last` keeps only each
     prompt's last tokens (small test models); `strict` adds the strict score, `reward_style` the training
-    reward's total."""
+    reward's total; `indices` (each example's index in its split) keys row-keyed sampling (`complete`)."""
     prompts = render_prompts(tokenizer, task, examples, style=prompt_style)
     prompt_ids = [tokenizer.encode(p)[-keep_last:] if keep_last else tokenizer.encode(p) for p in prompts]
     completions = complete(model_config, params, tokenizer, prompt_ids, protocol(sampler), batching=batching,
-                           rng=rng, mesh=mesh)
+                           rng=rng, mesh=mesh, indices=indices)
     return [Graded(prompt, text, task.score(text, ex), task.score(text, ex, strict=True) if strict else None,
                    task.reward(text, ex, style=reward_style).total if reward_style else None)
             for prompt, text, ex in zip(prompts, completions, examples)]

@@ -41,6 +41,7 @@ from dllm_rl.rl.config import ExperimentConfig, TrainError
 from dllm_rl.rl.optimizer import make_optimizer, make_sft_optimizer
 from dllm_rl.rl.stopping import StopRequest
 from dllm_rl.sampling import generate
+from dllm_rl.sampling.draws import row_keys
 from dllm_rl.tasks import get_task, make_dataset, render_prompts
 from dllm_rl.tokenizer import Tokenizer
 
@@ -76,7 +77,8 @@ class Trainer:
         self._check_tokenizer()
         adv_lib.check_group_size(cfg.train.prompts_per_micro_batch * self.group, self.group)
         key = jax.random.PRNGKey(cfg.train.seed)
-        self._rl_key, self._sft_key, self._lora_key, self._eval_key = jax.random.split(key, 4)
+        # split(key, 5)[:4] == split(key, 4): the fifth stream (row-keyed rollouts) leaves the others as they were.
+        self._rl_key, self._sft_key, self._lora_key, self._eval_key, self._row_key = jax.random.split(key, 5)
         self.base_params = params
         self.tx, self.schedule = make_optimizer(cfg.train)
         self.stop = StopRequest()
@@ -163,14 +165,17 @@ class Trainer:
         """Per-example held-out evaluation (`rl.evaluate`) of the examples of `eval_set`.
 
         Greedy by default (the papers' protocol); an `eval_sampler` with temperature > 0 samples with the same
-        key at every evaluation, so evaluations differ only through the policy. Batched as `experiments.eval`
-        batches with the same settings (`rl.evaluate.Batching`), so both give the same completions.
+        key at every evaluation, so evaluations differ only through the policy (with `row_keys=True`, each example
+        with its own key from that key and its index in the eval split, whatever else is evaluated with it).
+        Batched as `experiments.eval` batches with the same settings (`rl.evaluate.Batching`), so both give the
+        same completions.
         """
         tc = self.train_cfg
         return eval_lib.evaluate(self.model_config, sampling_params, self.tokenizer, self.task, self.eval_set[1],
                                  self.cfg.eval_sampler or eval_lib.greedy(self.cfg.rollout),
                                  batching=self.cfg.eval_batching, prompt_style=tc.prompt_style,
-                                 reward_style=tc.reward_style, rng=self._eval_key, mesh=self.mesh)
+                                 reward_style=tc.reward_style, rng=self._eval_key, mesh=self.mesh,
+                                 indices=self.eval_set[0])
 
     def evaluate(self, sampling_params, step: int | None = None) -> dict[str, float]:
         """Held-out mean training reward, task accuracy and the count of grading timeouts (`grade`); with `step`,
@@ -187,17 +192,25 @@ class Trainer:
 
     # ---- one RL step -----------------------------------------------------------------------------------------
 
-    def _rollout(self, trainable, frozen, examples, key, sampler=None, keep_last: int | None = None):
+    def _rollout(self, trainable, frozen, examples, key, first: int, sampler=None, keep_last: int | None = None):
         """Placed prompt ids and mask (G rows per prompt), the device rollout, advantages and metrics.
 
+        `key` is the call's key, or, for a sampler with `row_keys`, the step's row key: row g of the prompt at
+        position `first + i` among the step's prompts then samples with `draws.row_keys(key, [first + i], G)`.
+        A prompt is identified by its position in the step's prompt stream (the stream's examples carry no index
+        in their split, and the position is unique even when a step spans two epochs), so with the step and the
+        seed it fixes the row's key whatever the micro-batching, batch layout or device count.
         `sampler` replaces the configured rollout sampler (d1's LLaDA semantics); keep_last left-truncates prompts."""
+        sampler = sampler or self.cfg.rollout
+        if sampler.row_keys:
+            key = row_keys(key, np.arange(first, first + len(examples)), self.group)
         host_ids, host_mask = (np.repeat(x, self.group, axis=0) for x in self._encode(examples, keep_last))
         ids, mask = self.place_batch(host_ids), self.place_batch(host_mask)
         params = steps.sampling_params(trainable, frozen, self.cfg.lora)
         start = time.perf_counter()
         # The sampler checks prompts on the host and places them on the mesh itself: give it the host arrays.
-        rollout = generate(self.model_config, params, host_ids, sampler or self.cfg.rollout, attention_mask=host_mask,
-                           rng=key, mesh=self.mesh)
+        rollout = generate(self.model_config, params, host_ids, sampler, attention_mask=host_mask, rng=key,
+                           mesh=self.mesh)
         sharding = ids.sharding
         rows = multihost.local_rows(sharding, ids.shape[0])
         completion = multihost.host_rows(rollout.tokens, sharding)[:, ids.shape[1]:]
@@ -215,9 +228,10 @@ class Trainer:
         info["generated_tokens"] = float(ids.shape[0] * completion.shape[1])
         return ids, mask, rollout, self.place_batch(advantages), info
 
-    def _agrpo_micro(self, trainable, frozen, examples, key):
+    def _agrpo_micro(self, trainable, frozen, examples, key, step_row_key, first: int):
         roll_key, loss_key = jax.random.split(key)
-        ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key)
+        ids, mask, rollout, advantages, info = self._rollout(
+            trainable, frozen, examples, step_row_key if self.cfg.rollout.row_keys else roll_key, first)
         p = ids.shape[1]
         record = rollout.truncation
         batch = agrpo.AGRPOBatch(
@@ -234,7 +248,7 @@ class Trainer:
         info.update({k: float(v) for k, v in m.items() if k in LOSS_METRICS})
         return grads, info
 
-    def _diffu_micro_batches(self, trainable, frozen, examples_per_micro, key):
+    def _diffu_micro_batches(self, trainable, frozen, examples_per_micro, key, step_row_key):
         """Rollouts of every micro-batch and their old/ref log-probs per prompt mask (d1's μ updates).
 
         Rollouts use LLaDA's sampler semantics (record=False: low confidence from the untempered softmax, no
@@ -247,8 +261,9 @@ class Trainer:
         for i, examples in enumerate(examples_per_micro):
             self._check_stop()
             roll_key, mask_key = jax.random.split(jax.random.fold_in(key, i))
-            ids, mask, rollout, advantages, info = self._rollout(trainable, frozen, examples, roll_key, llada_sampler,
-                                                                 keep_last=cfg.prompt_keep_last)
+            ids, mask, rollout, advantages, info = self._rollout(
+                trainable, frozen, examples, step_row_key if llada_sampler.row_keys else roll_key,
+                i * len(examples_per_micro[0]), llada_sampler, keep_last=cfg.prompt_keep_last)
             completion = rollout.tokens[:, ids.shape[1]:]
             batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion,
                                               diffu_grpo.completion_mask(completion, self.model_config.eos_token_id),
@@ -266,12 +281,13 @@ class Trainer:
             out.append((batch, keys, old, ref, info))
         return out
 
-    def _agrpo_update(self, trainable, frozen, opt_state, micro_examples, key):
+    def _agrpo_update(self, trainable, frozen, opt_state, micro_examples, key, step_row_key):
         """One optimizer update from the averaged gradients of every micro-batch."""
         grad_sum, infos = None, []
         for i, ex in enumerate(micro_examples):
             self._check_stop()
-            grads, info = self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i))
+            grads, info = self._agrpo_micro(trainable, frozen, ex, jax.random.fold_in(key, i), step_row_key,
+                                            i * len(micro_examples[0]))
             grad_sum = _add(grad_sum, grads)
             del grads  # summed: free it before the next micro-batch's backward pass
             infos.append(info)
@@ -279,11 +295,11 @@ class Trainer:
         trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
         return trainable, opt_state, infos, [grad_norm]
 
-    def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key):
+    def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key, step_row_key):
         """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (d1's `clip_ratio`
         beside ours) are means over the μ updates, as d1's logger averages the calls between two logs."""
         prep_key, dropout_key = jax.random.split(key)
-        prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, prep_key)
+        prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, prep_key, step_row_key)
         infos, grad_norms, cfg = [p[-1] for p in prepared], [], self.cfg.diffu_grpo
         logged = [[] for _ in prepared]
         t0 = time.perf_counter()
@@ -313,7 +329,8 @@ class Trainer:
         key = jax.random.fold_in(self._rl_key, step)
         micro_examples = [[next(data) for _ in range(tc.prompts_per_micro_batch)] for _ in range(tc.grad_accum)]
         update = self._agrpo_update if tc.algorithm == "agrpo" else self._diffu_updates
-        trainable, opt_state, infos, grad_norms = update(trainable, frozen, opt_state, micro_examples, key)
+        trainable, opt_state, infos, grad_norms = update(trainable, frozen, opt_state, micro_examples, key,
+                                                         jax.random.fold_in(self._row_key, step))
         summed = ("rollout_seconds", "loss_seconds", "generated_tokens", "reward/timeouts")
         row = {k: float(np.mean([i[k] for i in infos if k in i])) for k in infos[0] if k not in summed}
         for k in summed:

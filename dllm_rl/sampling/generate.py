@@ -3,8 +3,9 @@
 `generate` reproduces LLaDA's generate() and, with `record=True`, the official AGRPO rollout sampler
 (docs/algorithm.md). The whole denoising loop is a single `lax.while_loop` inside one `jax.jit`
 (no host round-trip per step); each step computes logits only at the current block's positions
-(`llada.forward_at`). Randomness comes from `rng` (one `fold_in` per step), or, for replaying a reference run in
-tests, from stored uniforms passed as `draws` (draws.py).
+(`llada.forward_at`). Randomness comes from `rng` (one `fold_in` per step; with `row_keys=True` one key per row,
+so a row's completion does not depend on its batch), or, for replaying a reference run in tests, from stored
+uniforms passed as `draws` (draws.py).
 
 Modules: block_logits.py (model calls), proposal.py + candidates.py (token draw over the kept set), scoring.py
 (which positions commit), loop.py (state, step, block starts, loop bodies), draws.py (randomness).
@@ -60,7 +61,7 @@ from dllm_rl.models import llada
 from dllm_rl.parallel import mesh as mesh_lib
 from dllm_rl.sampling import truncation as trunc
 from dllm_rl.sampling.block_logits import Model
-from dllm_rl.sampling.draws import prepare_draws
+from dllm_rl.sampling.draws import check_row_keys, prepare_draws
 from dllm_rl.sampling.loop import Run, State, run_loop
 from dllm_rl.sampling.schedule import SamplerConfig, SamplerInputError, sampler_config, validate_inputs
 
@@ -98,6 +99,8 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
     entropy / truncation. Mask tokens in the prompt raise unless `infill=True`. With `mesh`, the batch is split
     over its data axes (`parallel.mesh.batch_sharding`); params already on the mesh keep their shardings, others
     are replicated. `fast=True` runs the approximate cached mode (module docstring; it changes outputs).
+    `row_keys=True` takes `rng` as one key per row ([B] typed keys, e.g. `draws.row_keys`, or [B, 2] raw ones), split
+    over the mesh with the rows: each row's draws come from its own key alone.
 
     `draws` is a testing/replay hook, not for normal use: {"gumbel": u [steps, B, P+gen, V],
     "score": u [steps, B, P+gen]} uniforms in [0, 1) (float64 allowed) consumed instead of `rng`: the Gumbel
@@ -114,6 +117,11 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
         raise SamplerInputError("draws are indexed by a fixed step count; they cannot drive parallel_threshold, "
                                 "whose step count is dynamic (pass rng instead)")
     needs_random = sampler.temperature > 0 or sampler.remasking == "random"
+    if sampler.row_keys and draws is not None:
+        raise SamplerInputError("row_keys=True draws each row's randomness from its own key; replayed draws "
+                                "replace the keys (pass rng, or row_keys=False to replay)")
+    if sampler.row_keys and needs_random and rng is not None:
+        check_row_keys(rng, np.shape(prompt_ids)[0])
     if draws is not None:
         draws = prepare_draws(sampler, draws, np.shape(prompt_ids))
     elif needs_random and rng is None:
@@ -124,6 +132,8 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
         attention_mask = jnp.asarray(attention_mask, jnp.int32)
     if mesh is not None:
         prompt_ids, attention_mask, params = _place_on_mesh(mesh, prompt_ids, attention_mask, params)
+        if sampler.row_keys and rng is not None:
+            rng = jax.device_put(rng, mesh_lib.batch_sharding(mesh, 1))
     return _generate(config, sampler, compute_dtype, attention_impl, params, prompt_ids, attention_mask, rng,
                      draws)
 

@@ -106,23 +106,24 @@ def straggler_denoise(run: Run, s: State, block_end, count_B) -> State:
     window at a time: proposals and scores of all T positions are gathered window by window, then one selection
     commits, as a step on full-sequence logits would, but only a [B, bl, V] slice of logits is ever live.
 
-    Replayed draws and the scores' uniforms are read per position as in `denoise`; Gumbel noise from a key is
-    drawn per window (key folded with the window index)."""
+    Replayed draws, row keys' per-position keys and the scores' uniforms are read per position as in `denoise`;
+    Gumbel noise from one key is drawn per window (key folded with the window index)."""
     sampler = run.sampler
     b, t = s.x_BxT.shape
     n = min(sampler.block_length, t)
     vocab = run.model.config.embedding_size
     gumbel_source, uniform_BxT = step_draws(sampler, run.rng, run.draws, s.step, 0, b, t, vocab)
     h_BxTxD = block_logits.exact_hidden(run.model, s.x_BxT)
-    keyed = gumbel_source is not None and jax.dtypes.issubdtype(gumbel_source.dtype, jax.dtypes.prng_key)
+    one_key = (gumbel_source is not None and jax.dtypes.issubdtype(gumbel_source.dtype, jax.dtypes.prng_key)
+               and gumbel_source.ndim == 0)
 
     def window(carry, w):
         x0_BxT, score_BxT = carry
         start = jnp.minimum(w * n, t - n)  # the last window ends at T (it may overlap the one before)
         logits_BxNxV = block_logits.logits_from_hidden(run.model, h_BxTxD, start, n)
-        if keyed:
+        if one_key:
             source = jax.random.fold_in(gumbel_source, w)
-        elif gumbel_source is not None:
+        elif gumbel_source is not None:  # replayed noise [B, T, V] or per-position keys [B, T]
             source = jax.lax.dynamic_slice_in_dim(gumbel_source, start, n, axis=1)
         else:
             source = None

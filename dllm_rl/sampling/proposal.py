@@ -7,7 +7,12 @@ run over the C candidates, not the vocabulary. Temperature 0 is greedy over the 
 Noise: replayed noise [B, N, V] (tests) is read at the candidates' token ids, so every draw equals the
 reference's; noise from a key is drawn per candidate slot, [B, N, C] (i.i.d. Gumbel, independent of the
 logits, so the sampled distribution is exact; without truncation C = V in vocabulary order, the same draws as a
-per-token draw).
+per-token draw). With row keys (`SamplerConfig.row_keys`) the source is a key per row and position [B, N],
+each drawing its position's C values, so a row's noise depends on nothing else in the batch. The k-candidate
+list and the full-vocabulary fallback of top-k ties (candidates.py, chosen for the whole batch) then give a
+position's top k slots the same noise but for its last bits (jax's high-range Gumbel draws each slot's leading
+uniform from the key and the slot alone; only the low-order one, worth 2^-23 of it, moves with C), and the
+fallback's log-probs may differ from the list's in rounding.
 """
 from __future__ import annotations
 
@@ -34,9 +39,13 @@ class Proposal(NamedTuple):
 
 
 def candidate_gumbel(source, cands: cand.Candidates, by_id: bool) -> jax.Array:
-    """float32 Gumbel noise [B, N, C]: a key draws it per slot; replayed noise [B, N, V] is read at the ids
-    (`by_id`: the candidates are the whole vocabulary in id order, so it is used as is)."""
+    """float32 Gumbel noise [B, N, C]: a key draws it per slot, keys [B, N] (row keys) each their own position's;
+    replayed noise [B, N, V] is read at the ids (`by_id`: the candidates are the whole vocabulary in id order, so
+    it is used as is)."""
     if jax.dtypes.issubdtype(source.dtype, jax.dtypes.prng_key):
+        if source.ndim == 2:
+            num = cands.ids_BxNxC.shape[-1]
+            return jax.vmap(jax.vmap(lambda key: gumbel_noise(key, (num,))))(source)
         return gumbel_noise(source, cands.ids_BxNxC.shape)
     return source if by_id else jnp.take_along_axis(source, cands.ids_BxNxC, axis=-1)
 
@@ -69,8 +78,8 @@ def propose_from(cands: cand.Candidates, sampler: SamplerConfig, gumbel_source, 
 
 
 def propose(logits_BxNxV: jax.Array, sampler: SamplerConfig, gumbel_source, with_stats: bool) -> Proposal:
-    """The step's proposal from float32 logits [B, N, V]; `gumbel_source` is a key or replayed noise [B, N, V]
-    (unused at temperature 0); `with_stats` asks for log-prob and entropy."""
+    """The step's proposal from float32 logits [B, N, V]; `gumbel_source` is a key, keys [B, N] or replayed noise
+    [B, N, V] (unused at temperature 0); `with_stats` asks for log-prob and entropy."""
     scaled_BxNxV = trunc.scale_logits(logits_BxNxV, sampler.temperature)
     vocab_size = logits_BxNxV.shape[-1]
     if not sampler.truncates:

@@ -35,6 +35,9 @@ class SamplerConfig:
     keys/values of the rest of the sequence computed at the block start. `parallel_threshold` (fast mode only)
     replaces the per-step schedule by Fast-dLLM's rule: commit every candidate whose confidence exceeds it, and
     at least the most confident one.
+    `row_keys=True` makes a row's sampled completion independent of its batch: `generate` then takes one key per
+    row (rng [B]) and every random draw of a row comes from its own key (draws.py), so the completion depends only
+    on the row's prompt, its key, the model and these settings. Off by default: one key per call, as before.
     """
 
     steps: int
@@ -54,6 +57,7 @@ class SamplerConfig:
     infill: bool = False
     fast: bool = False
     parallel_threshold: float | None = None
+    row_keys: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -167,7 +171,7 @@ def sampler_config(*, steps: int, gen_length: int, block_length: int, temperatur
                    cfg_scale: float = 0.0, logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
                    eos_logit_id: int = REFERENCE_EOS_ID, eot_logit_id: int = REFERENCE_EOT_ID, record: bool = False,
                    early_stop: bool | None = None, infill: bool = False, fast: bool = False,
-                   parallel_threshold: float | None = None) -> SamplerConfig:
+                   parallel_threshold: float | None = None, row_keys: bool = False) -> SamplerConfig:
     """A normalised SamplerConfig from generate()'s keyword arguments: early_stop None follows record, top_k 0
     means off, numbers get their canonical types (so equal settings share one compiled program)."""
     return SamplerConfig(
@@ -176,4 +180,4 @@ def sampler_config(*, steps: int, gen_length: int, block_length: int, temperatur
         cfg_scale=float(cfg_scale), logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
         eos_logit_id=int(eos_logit_id), eot_logit_id=int(eot_logit_id), record=record,
         early_stop=record if early_stop is None else bool(early_stop), infill=infill, fast=bool(fast),
-        parallel_threshold=None if parallel_threshold is None else float(parallel_threshold))
+        parallel_threshold=None if parallel_threshold is None else float(parallel_threshold), row_keys=bool(row_keys))
