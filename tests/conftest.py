@@ -7,9 +7,10 @@ failure: a missing libtpu, nbclient, shellcheck or wandb must not hide an area o
 Compiling XLA programs is most of this suite's time (tiny models whose programs run a few times each), so
 compiled programs are shared across tests: the session uses one persistent XLA compilation cache (JAX's own, the
 one `experiments.run --compilation_cache` uses) in a fresh temporary folder, removed at the end, unless
-JAX_COMPILATION_CACHE_DIR names one. Subprocesses inherit it through that variable (tests starting
-`experiments.run`, whose cache defaults to WORKDIR/compilation_cache, pass it as --compilation_cache), so a program
-that several tests compile the same way (a trainer's step, a sampler configuration) compiles once per session.
+JAX_COMPILATION_CACHE_DIR names one (`./run test` shares one between its fast and slow tiers). Subprocesses
+inherit it through that variable (tests starting `experiments.run`, whose cache defaults to
+WORKDIR/compilation_cache, pass it as --compilation_cache), so a program that several tests compile the same way
+(a trainer's step, a sampler configuration) compiles once.
 """
 import os
 import pathlib
@@ -24,11 +25,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 _OWN_CACHE_DIR = None if os.environ.get("JAX_COMPILATION_CACHE_DIR") else tempfile.mkdtemp(prefix="dllm_rl_tests_xla_")
 if _OWN_CACHE_DIR:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE_DIR
-    jax.config.update("jax_compilation_cache_dir", _OWN_CACHE_DIR)
-    # Cache programs that take half a second or more to compile (JAX's default: 1 s), here and in subprocesses.
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+# Cache programs that take half a second or more to compile (JAX's default: 1 s), here and in subprocesses.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 def pytest_unconfigure(config):
