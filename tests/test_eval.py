@@ -39,7 +39,6 @@ def test_eval_rejects_a_length_the_blocks_cannot_split(tmp_path, tiny_dir):
     assert result.returncode == 2 and result.stderr.startswith("error: length 48") and "block_length" in result.stderr
 
 
-@pytest.mark.slow
 def test_eval_on_an_fsdp_mesh_gives_the_one_device_completions(tmp_path, tiny_dir, tiny_tokenizer_dir):
     """--mesh data=1,fsdp=-1 (weights sharded over 4 fake devices, batch split) decodes what one device does."""
     def run(out, *extra):

@@ -251,7 +251,6 @@ print("RESULT" + json.dumps(out))
 """
 
 
-@pytest.mark.slow
 def test_bf16_completions_on_one_and_four_devices(tiny_dir, tiny_tokenizer_dir):
     """Invariant batching, 13 examples (not a multiple of the 8 rows a 4-device call holds): a data-parallel mesh
     of 4 fake devices gives the one-device completions; on a 4-device FSDP mesh an example's completion does not

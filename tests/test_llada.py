@@ -103,7 +103,6 @@ def test_remat_gives_same_gradients(forward_grad, remat):
     chex.assert_trees_all_close(forward_grad(remat), forward_grad("none"), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_remat_reaches_the_cached_forwards(tiny):
     """hidden_states_and_kv and forward_window_at run the same layer scan: remat leaves values and grads alone."""
     config, params = tiny

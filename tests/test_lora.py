@@ -170,7 +170,6 @@ def test_dropout_acts_on_the_adapter_input_only():
     assert 0 < (~keep).sum() < keep.size
 
 
-@pytest.mark.slow
 def test_dropout_in_the_model_is_keyed_per_target_and_layer(base):
     cfg = LoRAConfig(rank=4, alpha=8.0, lm_head=True, dropout=0.3)
     lora = randomized(init_lora(base, cfg, jax.random.key(1)))

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from dllm_rl.rl import steps
 
@@ -74,7 +73,6 @@ LAYOUT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_updates_keep_their_layout_and_equal_the_one_device_update():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", LAYOUT], env=env, capture_output=True, text=True, timeout=600,

@@ -23,7 +23,6 @@ def test_splash_equals_einsum_attention_with_key_padding(heads, kv_heads):
                                np.asarray(layers.attention(q, k, v, None, None)), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.slow
 def test_model_forward_and_gradient_through_splash():
     config = llada.LLaDAConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=64, vocab_size=40,
                                embedding_size=40, mask_token_id=36, eos_token_id=30, pad_token_id=30)

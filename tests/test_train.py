@@ -79,7 +79,6 @@ LAYOUT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_mesh_rules_lay_out_params_adapters_optimizer_state_and_batches(tmp_path):
     """`MeshConfig.rules` is the one place a strategy is chosen: on 8 fake devices a non-default table changes the
     shardings of params, LoRA adapters, their Adam moments and batches; an indivisible batch fails early."""
@@ -116,7 +115,6 @@ SPLASH = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_trainer_runs_the_splash_loss_per_device_under_its_mesh():
     """With attention_impl='splash_interpret' the trainer's loss runs the Pallas kernel inside a shard_map over
     the run's mesh (2 rows per device of 8), and its log-probs equal the (einsum) sampler's."""
@@ -190,7 +188,6 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert "TrainConfig.num_steps = 6" in (tmp_path / "a" / "operative_config.gin").read_text()
 
 
-@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     proc = _run(tmp_path, ["dllm_rl.TrainConfig.checkpoint_every = 0"])
     _wait_for_step(tmp_path, 1, proc)
@@ -201,7 +198,6 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert str(last) in os.listdir(tmp_path / "checkpoints")
 
 
-@pytest.mark.slow
 def test_diffu_grpo_with_lora_runs(tmp_path):
     cfg = parse_config([DEMO], SMALL + [
         "experiment.agrpo = None", "experiment.diffu_grpo = @dllm_rl.DiffuGRPOConfig()",
@@ -215,7 +211,6 @@ def test_diffu_grpo_with_lora_runs(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
 
 
-@pytest.mark.slow
 def test_lora_run_samples_the_trained_policy_and_exports_its_adapters(tmp_path):
     """A finished LoRA run leaves W/lora_config.json and the adapters as a PEFT folder next to W/final_model; with
     trained (B ≠ 0) adapters a step's rollout log-probs equal the loss's (logp_mismatch ~ float32 noise)."""
@@ -266,7 +261,6 @@ def _live_bytes_of_a_step(tmp_path, grad_accum, monkeypatch) -> int:
     return max(peaks) - before, sum(x.nbytes for x in jax.tree.leaves(trainable))
 
 
-@pytest.mark.slow
 def test_gradient_accumulation_memory_does_not_grow_with_grad_accum(tmp_path, monkeypatch):
     """One running gradient sum (donated into `steps.accumulate`): the live bytes at every micro-batch are the
     same for 2 and 6 micro-batches (keeping each micro-batch's tree would add 4 gradient trees)."""
@@ -313,8 +307,7 @@ def test_profile_steps_write_a_trace(tmp_path):
     assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
-@pytest.mark.parametrize("family", ["dream", pytest.param("a2d_qwen3", marks=pytest.mark.slow),
-                                    pytest.param("llada_moe_mixed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", ["dream", "a2d_qwen3", "llada_moe_mixed"])
 def test_lora_run_on_another_family(family, tmp_path):
     """The trainer runs LoRA on each family (Dream's shifted logits and padding-skipping positions, A2D-Qwen3's tied
     head, LLaDA-MoE's mixed dense / MoE layers with shared-expert adapters): a step's rollout log-probs equal the
@@ -351,7 +344,6 @@ def test_lora_run_on_another_family(family, tmp_path):
     assert 0 <= row["logp_mismatch_mean"] <= row["logp_mismatch_max"] < 1e-4, row
 
 
-@pytest.mark.slow
 def test_row_keyed_rollouts_key_each_row_by_its_prompt_and_generation(tmp_path, monkeypatch):
     """With `row_keys`, the rows of a step's rollouts are keyed by (seed, step, the prompt's position among the
     step's prompts, generation) whatever the micro-batching: 2 micro-batches of 2 prompts and 1 of 4 sample the

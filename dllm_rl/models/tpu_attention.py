@@ -39,7 +39,10 @@ def _kernel(heads: int, t: int, s: int, interpret: bool):
     sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                               block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
     mask = mask_lib.MultiHeadMask([mask_lib.FullMask((t, s)) for _ in range(heads)])
-    return splash.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # Built eagerly even when first asked for inside a trace (a jit, a layer scan): the cached kernel keeps its
+    # mask arrays, which must be concrete, not tracers of that first trace.
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q_BxTxHxHd: jax.Array, k_BxSxHkxHd: jax.Array, v_BxSxHkxHd: jax.Array,
