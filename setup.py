@@ -41,8 +41,9 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
         # Weights & Biases logging (experiments.run --wandb_project; WANDB_MODE=offline needs no account).
         "wandb": ["wandb>=0.17,<1"],
-        # nbclient + ipykernel execute notebooks/*.ipynb in tests/test_notebooks.py (no network needed).
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7", "nbclient>=0.10,<0.12",
+        # nbclient + ipykernel execute notebooks/*.ipynb in tests/test_notebooks.py (no network needed); pytest-xdist runs
+        # `./run test`'s tiers on one worker per core.
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7", "nbclient>=0.10,<0.12",
                  "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "gcsfs>=2024.2", "wandb>=0.17,<1"],
     },
 )

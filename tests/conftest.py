@@ -32,6 +32,19 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
+# `./run test` runs each tier on pytest-xdist workers that take whole modules (--dist loadfile) in collection order;
+# the costliest modules are collected first so that none of them starts last and leaves one worker running alone.
+# Order from CPU seconds per module measured on 2026-12-06 (BENCHMARKS.md "Test suite"); unlisted modules follow.
+_COSTLIEST_MODULES_FIRST = ("test_train.py", "test_sampling.py", "test_multihost.py", "test_sweep.py",
+                            "test_tpu_recipe.py", "test_sampling_fast.py", "test_tasks_fuzz.py", "test_evaluate.py",
+                            "test_lora.py", "test_agrpo.py", "test_notebooks.py", "test_truncation.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_COSTLIEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE_DIR:
         shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
