@@ -38,7 +38,8 @@ def rows_of(g, case):
     samples = tr.TraceSamples(prompt_ids=jnp.asarray(g["prompt_ids"]), prompt_mask=None,
                               completion_ids=jnp.asarray(g["completion_ids"]),
                               unmask_step=jnp.asarray(g["unmask_step"]), advantages=jnp.asarray(g["advantages"]))
-    batch = tr.trace_rows(samples, case_config(g, case), int(g["pad_token_id"]))
+    batch = jax.jit(functools.partial(tr.trace_rows, config=case_config(g, case),
+                                      pad_token_id=int(g["pad_token_id"])))(samples)
     return batch, np.asarray(batch.target).any(1)
 
 
@@ -65,9 +66,10 @@ def test_merged_step_is_the_rank_of_collapse_k_unique():
     r = np.random.default_rng(0)
     steps = r.integers(0, 20, (6, 15))
     steps[0, 3] = -1  # never decoded
-    for shrink in (1, 2, 3, 8):
-        merged = np.asarray(tr.merged_step(jnp.asarray(steps), 20, shrink))
-        for row, m in zip(steps, merged):
+    shrinks = (1, 2, 3, 8)
+    merged_all = jax.jit(lambda x: [tr.merged_step(x, 20, k) for k in shrinks])(jnp.asarray(steps))
+    for shrink, merged in zip(shrinks, merged_all):
+        for row, m in zip(steps, np.asarray(merged)):
             dec = row >= 0
             collapsed = np.array(collapse_k_unique(row[dec].tolist(), shrink))
             # same partition, numbered 0.. in order: the rank of the collapsed value
@@ -146,9 +148,9 @@ def test_kl_reference_ref_uses_the_reference_and_needs_it():
     batch = tr.TraceRLBatch(None, None, None, None, jnp.ones((1, 2), bool), jnp.ones(1))
     config = tr.TraceRLConfig(kl_reference="ref", beta=1.0)
     with pytest.raises(ValueError, match="ref_logp"):
-        tr.trace_token_loss(lp, lp, None, batch, config)
-    _, m_ref = tr.trace_token_loss(lp, lp, jnp.full((1, 2), -1.0), batch, config)
-    _, m_old = tr.trace_token_loss(lp, lp, jnp.full((1, 2), -1.0), batch, tr.TraceRLConfig(beta=1.0))
+        jax.eval_shape(lambda x: tr.trace_token_loss(x, x, None, batch, config), lp)
+    m_ref, m_old = jax.jit(lambda ref: [tr.trace_token_loss(lp, lp, ref, batch, c)[1]
+                                        for c in (config, tr.TraceRLConfig(beta=1.0))])(jnp.full((1, 2), -1.0))
     assert float(m_old["kl"]) == 0.0 and float(m_ref["kl"]) == pytest.approx(np.exp(-1.0) - 1 + 1)
 
 
