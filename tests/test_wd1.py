@@ -35,7 +35,8 @@ def test_gradient_is_the_papers_weights():
     np.testing.assert_allclose(loss, (weights * (lp * mask).sum(1)).sum() / 2, rtol=1e-5)
 
     a = 0.7  # by hand: softmax([a, −a]) = (σ(2a), σ(−2a)), so the row weights are −tanh(a) and +tanh(a)
-    two = jax.jit(jax.grad(loss_fn), static_argnums=2)(jnp.zeros((2, 5)), jnp.asarray([a, -a]), 2, jnp.ones((2, 5), bool))
+    grad_fn = jax.jit(jax.grad(loss_fn), static_argnums=2)
+    two = grad_fn(jnp.zeros((2, 5)), jnp.asarray([a, -a]), 2, jnp.ones((2, 5), bool))
     np.testing.assert_allclose(two, np.repeat([[-np.tanh(a)], [np.tanh(a)]], 5, axis=1), rtol=1e-6)
 
 
@@ -126,3 +127,26 @@ def test_wd1_golden_logps_losses_and_gradients(case, golden, policy, model_confi
         errors = {name: rel_err(x, g[prefix + name]) for name, x in ours.items()}
         worst = max(errors, key=errors.get)
         assert errors[worst] < 1e-4, (i, worst, errors[worst])
+
+
+def test_gsm8k_wd1_config_is_wd1s_run():
+    """gsm8k_wd1.gin: wd1's train.yaml / wll_NP_gsm8k.sh settings (LoRA on the LLaDA modules PEFT matches, μ = 12,
+    G = 6, 8 groups per update in 2 micro-batches as wd1's 2 accumulation steps, d1's sampler settings)."""
+    from dllm_rl.assets import LLADA_8B_META_DIR
+    from dllm_rl.export.peft import index_module_names, lora_module_names, peft_adapted
+    from dllm_rl.models import llada
+    from experiments.run import parse_config
+
+    cfg = parse_config(["experiments/configs/gsm8k_wd1.gin"], [])
+    w, lora, train = cfg.wd1, cfg.lora, cfg.train
+    assert cfg.algorithm_config is w and cfg.diffu_grpo is None and cfg.agrpo is None and train.algorithm == "wd1"
+    wd1_targets = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]  # run_train.py
+    llada_8b = llada.LLaDAConfig.from_hf_config(LLADA_8B_META_DIR / "config.json")
+    assert lora_module_names(lora, llada_8b) == peft_adapted(wd1_targets, index_module_names())
+    assert (lora.rank, lora.alpha, lora.dropout) == (128, 64.0, 0.05)
+    assert (train.learning_rate, train.weight_decay, train.max_grad_norm, train.adam_b2) == (3e-6, 0.1, 0.2, 0.99)
+    assert (train.prompts_per_micro_batch * train.grad_accum, train.grad_accum, w.d1_accumulation_steps) == (8, 2, 2)
+    assert (w.num_iterations, w.num_generations, w.p_mask_prompt, w.prompt_keep_last) == (12, 6, 0.15, 200)
+    assert not w.softmax_over_local_batch and not train.scale_rewards_by_std
+    assert (cfg.rollout.gen_length, cfg.rollout.block_length, cfg.rollout.steps, cfg.rollout.temperature) == (
+        256, 32, 128, 0.9)
