@@ -7,7 +7,7 @@ libtpu's compiler runs here on a topology description (`jax.experimental.topolog
 keeps JAX_PLATFORMS=cpu. Every input is an abstract `jax.ShapeDtypeStruct` with its sharding on the config's mesh
 (`MeshConfig` from gin, or `--mesh`), so the 8B weights are never allocated. The programs are those a training
 step runs, at the config's shapes: the recorded rollout (`sampling.generate`), the loss gradients of one
-micro-batch (`rl.steps.agrpo_grads` or `rl.steps.diffu_grads`), the optimizer update (`rl.steps.apply_update`)
+micro-batch (`rl.steps.agrpo_grads` or `rl.steps.masked_grads`), the optimizer update (`rl.steps.apply_update`)
 and the eval sampler. One JSON line per program: per-chip bytes = arguments + temporaries + outputs - aliased
 (`compiled.memory_analysis()`, exact for the compiled program); it fits when that plus the training state
 that stays resident meanwhile (`resident_bytes`) is within the device's HBM; a program the compiler refuses for
@@ -191,7 +191,7 @@ def rollout_rows(setup: Setup) -> int:
 
 def lower_loss(setup: Setup):
     """One micro-batch's gradients at the rollout's shapes (AGRPO: with the truncation record it wrote)."""
-    from dllm_rl.rl import agrpo, diffu_grpo, steps
+    from dllm_rl.rl import agrpo, steps
     from dllm_rl.sampling.truncation import TruncationRecord
 
     cfg, mc, mesh, rules = setup.cfg, setup.model_config, setup.mesh, setup.rules
@@ -200,12 +200,14 @@ def lower_loss(setup: Setup):
     arr = lambda shape, dtype: batch_array(mesh, rules, shape, dtype)  # noqa: E731
     completion, advantages = arr((b, length), jnp.int32), arr((b,), jnp.float32)
     static = dict(model_config=mc, config=cfg.algorithm_config, lora_config=cfg.lora)
-    if cfg.train.algorithm == "diffu_grpo":
-        batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion, arr((b, length), bool), advantages)
-        old = arr((b, length), jnp.float32) if cfg.diffu_grpo.num_iterations > 1 else None
-        ref = arr((b, length), jnp.float32) if cfg.diffu_grpo.beta else None
-        return steps.diffu_grads_program(setup.trainable, **static).lower(setup.trainable, setup.frozen, batch,
-                                                                        abstract_key(mesh), old, ref, None)
+    objective = steps.MASKED_OBJECTIVES.get(cfg.train.algorithm)
+    if objective is not None:
+        batch = objective.batch(ids, mask, completion, arr((b, length), bool), advantages)
+        config = cfg.algorithm_config
+        old = arr((b, length), jnp.float32) if objective.uses_old and config.num_iterations > 1 else None
+        ref = arr((b, length), jnp.float32) if config.beta else None
+        return steps.masked_grads_program(setup.trainable, algorithm=cfg.train.algorithm, **static).lower(
+            setup.trainable, setup.frozen, batch, abstract_key(mesh), old, ref, None)
     keep = None
     if cfg.rollout.top_k or cfg.rollout.top_p < 1.0:
         keep = TruncationRecord(bits=arr((b, length, -(-mc.embedding_size // 8)), jnp.uint8),

@@ -66,8 +66,8 @@ LAYOUT = textwrap.dedent("""
     batch = diffu_grpo.DiffuGRPOBatch(rows(jnp.full((8, 4), 3, jnp.int32)), None, rows(jnp.full((8, 6), 5, jnp.int32)),
                                       rows(jnp.ones((8, 6), bool)), rows(jnp.linspace(-1.0, 1.0, 8)))
     diffu_config = diffu_grpo.DiffuGRPOConfig(num_generations=2, beta=0.0)
-    _, grads, _ = steps.diffu_grads(adapters, base, batch, jax.random.key(1), None, None, model_config=model_config,
-                                    config=diffu_config, lora_config=lora_config)
+    _, grads, _ = steps.masked_grads(adapters, base, batch, jax.random.key(1), None, None, algorithm="diffu_grpo",
+                                     model_config=model_config, config=diffu_config, lora_config=lora_config)
     assert jax.tree.map(lambda x: x.sharding, grads) == jax.tree.map(lambda x: x.sharding, adapters)
     print("LAYOUT_OK")
 """)

@@ -211,6 +211,35 @@ def test_diffu_grpo_with_lora_runs(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
 
 
+def test_wd1_runs_through_the_masked_objective_path_and_moves_the_params(tmp_path, monkeypatch):
+    """TrainConfig.algorithm = 'wd1' takes d1's μ-update path (steps.MASKED_OBJECTIVES): finite loss and metrics,
+    μ updates per step that move the LoRA adapters, no reference model kept. The untrained demo model earns no
+    reward, and wd1's gradient vanishes on a zero-variance group, so the groups get fixed nonzero advantages."""
+    from dllm_rl.rl import train as train_lib
+
+    summary = train_lib.rewards.batch_summary
+
+    def fixed_advantages(table, *args, **kwargs):
+        advantages, info = summary(table, *args, **kwargs)
+        return np.resize(np.float32([1.0, -1.0, 0.5, -0.5]), advantages.shape), info
+
+    monkeypatch.setattr(train_lib.rewards, "batch_summary", fixed_advantages)
+    cfg = parse_config([DEMO], SMALL + ["dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.grad_accum = 1",
+        "experiment.agrpo = None", "experiment.wd1 = @dllm_rl.WD1Config()",
+        "experiment.lora = @dllm_rl.LoRAConfig()", "dllm_rl.LoRAConfig.rank = 4",
+        "dllm_rl.TrainConfig.algorithm = 'wd1'", "dllm_rl.TrainConfig.num_steps = 1",
+        "dllm_rl.TrainConfig.eval_every = 0", "dllm_rl.TrainConfig.export_final_model = False",
+        "dllm_rl.WD1Config.num_generations = 4", "dllm_rl.WD1Config.num_iterations = 2"])
+    trainer = Trainer(cfg, tmp_path)
+    before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
+    (row,) = trainer.train(progress=False)
+    keys = ("loss", "seq_logp_mean", "pos_weight_max", "grad_norm")
+    assert all(np.isfinite(row[k]) for k in keys) and row["grad_norm"] > 0, {k: row[k] for k in keys}
+    assert "kl" not in row and "clip_ratio" not in row
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), trainer.trainable, before)
+    assert max(jax.tree.leaves(moved)) > 0
+
+
 def test_lora_run_samples_the_trained_policy_and_exports_its_adapters(tmp_path):
     """A finished LoRA run leaves W/lora_config.json and the adapters as a PEFT folder next to W/final_model; with
     trained (B ≠ 0) adapters a step's rollout log-probs equal the loss's (logp_mismatch ~ float32 noise)."""

@@ -13,11 +13,14 @@ from dllm_rl import paths
 from dllm_rl.checkpoint import load_model
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from dllm_rl.rl import agrpo, diffu_grpo, evaluate as eval_lib
+from dllm_rl.rl import agrpo, diffu_grpo, evaluate as eval_lib, wd1
 from dllm_rl.sampling import SamplerConfig
 from dllm_rl.tasks import get_task
 
-ALGORITHMS = ("agrpo", "diffu_grpo")
+# TrainConfig.algorithm → (the ExperimentConfig field holding its loss config, that config's class). Every
+# algorithm but AGRPO trains through `rl.steps.MASKED_OBJECTIVES` (μ masked updates per rollout, as d1).
+ALGORITHMS = {"agrpo": ("agrpo", agrpo.AGRPOConfig), "diffu_grpo": ("diffu_grpo", diffu_grpo.DiffuGRPOConfig),
+              "wd1": ("wd1", wd1.WD1Config)}
 
 
 class TrainError(ValueError):
@@ -128,7 +131,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
-            raise TrainError(f"TrainConfig.algorithm={self.algorithm!r}; choose one of {ALGORITHMS}")
+            raise TrainError(f"TrainConfig.algorithm={self.algorithm!r}; choose one of {tuple(ALGORITHMS)}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise TrainError(f"TrainConfig.lr_schedule={self.lr_schedule!r}; choose 'cosine' or 'constant'")
         if self.eval_batching not in ("invariant", "per_batch"):
@@ -154,13 +157,14 @@ class ExperimentConfig:
     eval_sampler: SamplerConfig | None = None
     agrpo: agrpo.AGRPOConfig | None = None
     diffu_grpo: diffu_grpo.DiffuGRPOConfig | None = None
+    wd1: wd1.WD1Config | None = None
     lora: lora_lib.LoRAConfig | None = None
     mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
 
     @property
-    def algorithm_config(self) -> agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | None:
-        """The loss config of `train.algorithm` (the other one, if also bound, is unused)."""
-        return self.agrpo if self.train.algorithm == "agrpo" else self.diffu_grpo
+    def algorithm_config(self) -> agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | wd1.WD1Config | None:
+        """The loss config of `train.algorithm` (the others, if also bound, are unused)."""
+        return getattr(self, ALGORITHMS[self.train.algorithm][0])
 
     @property
     def eval_batching(self) -> eval_lib.Batching:
@@ -212,13 +216,14 @@ class ExperimentConfig:
         except KeyError as e:
             raise TrainError(str(e.args[0])) from None
         if self.algorithm_config is None:
+            field, config_class = ALGORITHMS[self.train.algorithm]
             raise TrainError(f"TrainConfig.algorithm={self.train.algorithm!r} needs its config "
-                             f"({'AGRPOConfig' if self.train.algorithm == 'agrpo' else 'DiffuGRPOConfig'})")
+                             f"({config_class.__name__}: bind experiment.{field})")
         if self.train.algorithm == "agrpo" and not self.rollout.record:
             raise TrainError("AGRPO rollouts must record (SamplerConfig.record=True): the loss re-scores each step")
         if self.train.algorithm == "agrpo" and self.lora is not None and self.lora.dropout > 0:
-            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO; AGRPO's loss "
-                             "re-scores the sampling policy exactly, so set LoRAConfig.dropout = 0 for AGRPO runs")
+            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO and wd1; AGRPO's "
+                             "loss re-scores the sampling policy exactly, so set LoRAConfig.dropout = 0 for AGRPO runs")
         self.rollout.validate()
         if self.rollout.temperature <= 0:
             raise TrainError("rollouts need temperature > 0: greedy completions give every group zero variance")

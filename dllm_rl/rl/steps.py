@@ -1,5 +1,6 @@
-"""The jitted step functions of the trainer: per-micro-batch gradients (AGRPO, diffu-GRPO), the optimizer update,
-the SFT update, and the sampler's view of the policy params (the unmerged LoRA path).
+"""The jitted step functions of the trainer: per-micro-batch gradients (AGRPO; the masked objectives of
+`MASKED_OBJECTIVES`: d1's diffu-GRPO, wd1), the optimizer update, the SFT update, and the sampler's view of the
+policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state and return them in the
@@ -9,14 +10,16 @@ program serves every step and no step holds whole copies of sharded state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dllm_rl.models import lora as lora_lib
-from dllm_rl.rl import agrpo, diffu_grpo, sft
+from dllm_rl.rl import agrpo, diffu_grpo, sft, wd1
 from dllm_rl.sampling import expand
 
 
@@ -41,36 +44,75 @@ def agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, conf
         return program(trainable, frozen, ref_params, batch, rng)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "config", "lora_config"))
-def _diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_config):
+@dataclasses.dataclass(frozen=True)
+class MaskedObjective:
+    """A loss trained as d1 trains: each rollout batch gives μ = `config.num_iterations` updates, update i under
+    its own random mask key; rollout-time quantities (the old policy's, the reference's) are computed under the
+    same key before the updates.
+
+    `batch`: the batch type, built from (prompt_ids, prompt_mask, completion_ids, completion_mask, advantages).
+    `logps(model_config, params, batch, rng, config)`: the quantity the old and reference policies contribute.
+    `grad(trainable, frozen, batch, rng, old, ref, *, model_config, config, lora_config, dropout_rng)`:
+    (loss, grads, metrics). `uses_old`: the loss takes the rollout policy's `logps` (a ratio; with μ = 1 it gets
+    None, the current policy's detached); the reference's are computed when `config.beta` > 0.
+    `logged`: the metrics the trainer logs beside the loss.
+    """
+
+    batch: type
+    logps: Callable
+    grad: Callable
+    uses_old: bool
+    logged: tuple[str, ...]
+
+
+def _wd1_grad(trainable, frozen, batch, rng, old_logp, ref_logp, **kw):
+    del old_logp, ref_logp  # wd1 has neither
+    return wd1.wd1_grad(trainable, frozen, batch, rng, **kw)
+
+
+# TrainConfig.algorithm → its objective, for every algorithm trained with μ masked updates per rollout.
+MASKED_OBJECTIVES = {
+    "diffu_grpo": MaskedObjective(diffu_grpo.DiffuGRPOBatch, diffu_grpo.completion_logps, diffu_grpo.diffu_grpo_grad,
+                                  uses_old=True, logged=("clip_fraction", "clip_ratio", "kl")),
+    "wd1": MaskedObjective(diffu_grpo.DiffuGRPOBatch, diffu_grpo.completion_logps, _wd1_grad, uses_old=False,
+                           logged=("seq_logp_mean", "pos_weight_max")),
+}
+
+
+@functools.partial(jax.jit, static_argnames=("algorithm", "model_config", "config", "lora_config"))
+def _masked_logps(trainable, frozen, batch, rng, *, algorithm, model_config, config, lora_config):
     params = lora_lib.policy_params(trainable, frozen, lora_config)
-    return diffu_grpo.completion_logps(model_config, params, batch, rng, config)
+    return MASKED_OBJECTIVES[algorithm].logps(model_config, params, batch, rng, config)
 
 
-def diffu_logps(trainable, frozen, batch, rng, *, model_config, config, lora_config):
-    """Per-token completion log-probs of diffu-GRPO's one-step estimate (old or reference policy)."""
+def masked_logps(trainable, frozen, batch, rng, *, algorithm, model_config, config, lora_config):
+    """The rollout-time quantity of objective `algorithm` (d1: per-token completion log-probs of the one-step
+    estimate) for the old or reference policy under mask key `rng`."""
     with on_mesh_of(trainable):
-        return _diffu_logps(trainable, frozen, batch, rng, model_config=model_config, config=config,
-                            lora_config=lora_config)
+        return _masked_logps(trainable, frozen, batch, rng, algorithm=algorithm, model_config=model_config,
+                             config=config, lora_config=lora_config)
 
 
-def _diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng, *, model_config, config,
-                 lora_config):
-    return diffu_grpo.diffu_grpo_grad(trainable, frozen, batch, rng, old_logp, ref_logp, model_config=model_config,
-                                      config=config, lora_config=lora_config, dropout_rng=dropout_rng)
+def _masked_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng, *, algorithm, model_config, config,
+                  lora_config):
+    return MASKED_OBJECTIVES[algorithm].grad(trainable, frozen, batch, rng, old_logp, ref_logp,
+                                             model_config=model_config, config=config, lora_config=lora_config,
+                                             dropout_rng=dropout_rng)
 
 
-def diffu_grads_program(trainable, *, model_config, config, lora_config):
-    """The jitted diffu-GRPO gradients for trainable params laid out as `trainable`; `diffu_grads` runs it."""
-    return layout_keeping(_diffu_grads, (trainable,), (None, 0, None), model_config=model_config, config=config,
-                          lora_config=lora_config)
+def masked_grads_program(trainable, *, algorithm, model_config, config, lora_config):
+    """The jitted gradients of objective `algorithm` for trainable params laid out as `trainable`; `masked_grads`
+    runs it."""
+    return layout_keeping(_masked_grads, (trainable,), (None, 0, None), algorithm=algorithm,
+                          model_config=model_config, config=config, lora_config=lora_config)
 
 
-def diffu_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=None, *, model_config, config,
-                lora_config):
-    """(loss, grads, metrics) of one diffu-GRPO micro-batch and inner iteration (LoRA dropout from `dropout_rng`),
-    the grads in the trainable params' layout."""
-    program = diffu_grads_program(trainable, model_config=model_config, config=config, lora_config=lora_config)
+def masked_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng=None, *, algorithm, model_config,
+                 config, lora_config):
+    """(loss, grads, metrics) of one micro-batch and inner iteration of objective `algorithm` under mask key `rng`
+    (LoRA dropout from `dropout_rng`), the grads in the trainable params' layout."""
+    program = masked_grads_program(trainable, algorithm=algorithm, model_config=model_config, config=config,
+                                   lora_config=lora_config)
     with on_mesh_of(trainable):
         return program(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng)
 

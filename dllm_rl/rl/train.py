@@ -2,10 +2,10 @@
 
 The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
 produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group, `rl.steps` gives
-gradients (AGRPO or diffu-GRPO) and updates the trainable leaves (LoRA adapters or all params). Everything random
-derives from `TrainConfig.seed` folded with the step number, and the data iterator's state is checkpointed with
-the params and optimizer state (`rl.train_state`), so a run killed at any point and restarted from its workdir
-continues exactly as an uninterrupted run would (same rollouts, same metrics).
+gradients (AGRPO, or a masked objective: diffu-GRPO, wd1) and updates the trainable leaves (LoRA adapters or all
+params). Everything random derives from `TrainConfig.seed` folded with the step number, and the data iterator's
+state is checkpointed with the params and optimizer state (`rl.train_state`), so a run killed at any point and
+restarted from its workdir continues exactly as an uninterrupted run would (same rollouts, same metrics).
 
 Batching follows the AGRPO paper: each optimizer step takes `prompts_per_micro_batch × grad_accum` prompts;
 every prompt gets G = num_generations completions in consecutive rows; the micro-batch gradients are summed into
@@ -248,15 +248,17 @@ class Trainer:
         info.update({k: float(v) for k, v in m.items() if k in LOSS_METRICS})
         return grads, info
 
-    def _diffu_micro_batches(self, trainable, frozen, examples_per_micro, key, step_row_key):
-        """Rollouts of every micro-batch and their old/ref log-probs per prompt mask (d1's μ updates).
+    def _masked_micro_batches(self, trainable, frozen, examples_per_micro, key, step_row_key):
+        """Rollouts of every micro-batch and their old/ref quantities per mask key, for the μ updates of a masked
+        objective (`steps.MASKED_OBJECTIVES`: d1's diffu-GRPO, wd1).
 
         Rollouts use LLaDA's sampler semantics (record=False: low confidence from the untempered softmax, no
-        truncation record, no early stop), as d1 samples. Old/ref log-probs are computed only for the masks the
-        micro-batch uses (`diffu_grpo.mask_index`); the others are None.
+        truncation record, no early stop), as d1 samples. Old/ref quantities are computed only for the masks the
+        micro-batch uses (`diffu_grpo.mask_index`) and only when the objective takes them; the others are None.
         """
-        cfg, out = self.cfg.diffu_grpo, []
-        kw = dict(model_config=self.model_config, config=cfg)
+        algorithm, cfg, out = self.train_cfg.algorithm, self.cfg.algorithm_config, []
+        objective = steps.MASKED_OBJECTIVES[algorithm]
+        kw = dict(algorithm=algorithm, model_config=self.model_config, config=cfg)
         llada_sampler = dataclasses.replace(self.cfg.rollout, record=False, early_stop=False)
         for i, examples in enumerate(examples_per_micro):
             self._check_stop()
@@ -265,18 +267,17 @@ class Trainer:
                 trainable, frozen, examples, step_row_key if llada_sampler.row_keys else roll_key,
                 i * len(examples_per_micro[0]), llada_sampler, keep_last=cfg.prompt_keep_last)
             completion = rollout.tokens[:, ids.shape[1]:]
-            batch = diffu_grpo.DiffuGRPOBatch(ids, mask, completion,
-                                              diffu_grpo.completion_mask(completion, self.model_config.eos_token_id),
-                                              advantages)
+            batch = objective.batch(ids, mask, completion,
+                                    diffu_grpo.completion_mask(completion, self.model_config.eos_token_id), advantages)
             keys = diffu_grpo.iteration_keys(mask_key, cfg.num_iterations)
             used = {diffu_grpo.mask_index(g, i, cfg) for g in range(cfg.num_iterations)}
             old = None
-            if cfg.num_iterations > 1:
-                old = [steps.diffu_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw)
+            if objective.uses_old and cfg.num_iterations > 1:
+                old = [steps.masked_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw)
                        if j in used else None for j, k in enumerate(keys)]
             ref = None
             if cfg.beta:
-                ref = [steps.diffu_logps(self.base_params, None, batch, k, lora_config=None, **kw)
+                ref = [steps.masked_logps(self.base_params, None, batch, k, lora_config=None, **kw)
                        if j in used else None for j, k in enumerate(keys)]
             out.append((batch, keys, old, ref, info))
         return out
@@ -295,26 +296,27 @@ class Trainer:
         trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
         return trainable, opt_state, infos, [grad_norm]
 
-    def _diffu_updates(self, trainable, frozen, opt_state, micro_examples, key, step_row_key):
-        """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (d1's `clip_ratio`
-        beside ours) are means over the μ updates, as d1's logger averages the calls between two logs."""
+    def _masked_updates(self, trainable, frozen, opt_state, micro_examples, key, step_row_key):
+        """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (the objective's
+        `logged`, e.g. d1's `clip_ratio` beside ours) are means over the μ updates, as d1's logger averages the
+        calls between two logs."""
         prep_key, dropout_key = jax.random.split(key)
-        prepared = self._diffu_micro_batches(trainable, frozen, micro_examples, prep_key, step_row_key)
-        infos, grad_norms, cfg = [p[-1] for p in prepared], [], self.cfg.diffu_grpo
+        prepared = self._masked_micro_batches(trainable, frozen, micro_examples, prep_key, step_row_key)
+        algorithm, cfg = self.train_cfg.algorithm, self.cfg.algorithm_config
+        infos, grad_norms, logged_names = [p[-1] for p in prepared], [], steps.MASKED_OBJECTIVES[algorithm].logged
         logged = [[] for _ in prepared]
         t0 = time.perf_counter()
         for it in range(cfg.num_iterations):
             grad_sum = None
             for m, (batch, keys, old, ref, info) in enumerate(prepared):
                 j = diffu_grpo.mask_index(it, m, cfg)
-                loss, grads, metrics = steps.diffu_grads(
+                loss, grads, metrics = steps.masked_grads(
                     trainable, frozen, batch, keys[j], None if old is None else old[j], None if ref is None else ref[j],
-                    jax.random.fold_in(dropout_key, it * len(prepared) + m), model_config=self.model_config,
-                    config=cfg, lora_config=self.cfg.lora)
+                    jax.random.fold_in(dropout_key, it * len(prepared) + m), algorithm=algorithm,
+                    model_config=self.model_config, config=cfg, lora_config=self.cfg.lora)
                 grad_sum = _add(grad_sum, grads)
                 del grads
-                logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items()
-                                                    if k in ("clip_fraction", "clip_ratio", "kl")}))
+                logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items() if k in logged_names}))
             grads = steps.divide(grad_sum, len(prepared))
             trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
             grad_norms.append(grad_norm)
@@ -328,7 +330,7 @@ class Trainer:
         start = time.perf_counter()
         key = jax.random.fold_in(self._rl_key, step)
         micro_examples = [[next(data) for _ in range(tc.prompts_per_micro_batch)] for _ in range(tc.grad_accum)]
-        update = self._agrpo_update if tc.algorithm == "agrpo" else self._diffu_updates
+        update = self._agrpo_update if tc.algorithm == "agrpo" else self._masked_updates
         trainable, opt_state, infos, grad_norms = update(trainable, frozen, opt_state, micro_examples, key,
                                                          jax.random.fold_in(self._row_key, step))
         summed = ("rollout_seconds", "loss_seconds", "generated_tokens", "reward/timeouts")
