@@ -26,6 +26,7 @@ compiled programs never leak into the next.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -102,8 +103,6 @@ def parse_methods(methods: str) -> list[str]:
 def method_bindings(method: str, gin_file: str, bindings: list[str]) -> list[str]:
     """The gin bindings that run `method` on `gin_file`'s setup (see the module docstring), to be applied before
     `bindings` (so the user's win)."""
-    import dataclasses
-
     from experiments.run import parse_config
 
     base = parse_config([gin_file], bindings)

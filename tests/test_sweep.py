@@ -93,7 +93,8 @@ def test_a_bad_methods_flag_is_one_error_before_anything_runs(tmp_path, capsys, 
 
 def test_methods_run_the_grid_of_methods_and_seeds_into_one_table_and_one_plot(tmp_path, monkeypatch):
     """The grid's bookkeeping, with training and scoring stubbed: one run folder per method and seed, each run
-    with its method's bindings, the table's rows in the given order with every seed's test accuracy."""
+    with its method's bindings (then the user's), the table's rows in the given order with every seed's test
+    accuracy."""
     trained = []
     monkeypatch.setattr(sweep, "train", lambda gin_file, bindings, seed, workdir, num_steps: trained.append(
         (gin_file, seed, os.path.relpath(workdir, tmp_path), bindings)))
@@ -102,10 +103,14 @@ def test_methods_run_the_grid_of_methods_and_seeds_into_one_table_and_one_plot(t
                         0.0 if step == 0 else accuracy[(os.path.basename(os.path.dirname(workdir)), workdir[-1])])
     monkeypatch.setattr(sweep.metrics_lib, "read_metrics",
                         lambda workdir: [{"step": 0, "eval_accuracy": 0.0}, {"step": 10, "eval_accuracy": 0.5}])
-    summary = sweep.main(["--gin", DEMO, "--methods", "wd1,agrpo", "--seeds", "0,1", "--out_dir", str(tmp_path)])
+    user = "dllm_rl.WD1Config.num_iterations = 2"
+    summary = sweep.main(["--gin", DEMO, "--methods", "wd1,agrpo", "--seeds", "0,1", "--out_dir", str(tmp_path),
+                          "--gin_binding", user])
     assert [(seed, workdir) for _, seed, workdir, _ in trained] == [
         (0, "wd1/seed_0"), (1, "wd1/seed_1"), (0, "agrpo/seed_0"), (1, "agrpo/seed_1")]
     assert all("dllm_rl.TrainConfig.algorithm = 'wd1'" in b for _, _, w, b in trained if w.startswith("wd1"))
+    from experiments.run import parse_config
+    assert parse_config([DEMO], trained[0][3]).wd1.num_iterations == 2  # the user's binding wins over the method's
     assert list(summary) == ["wd1", "agrpo"] and summary["agrpo"]["after"]["values"] == [70.0, 80.0]
     table = (tmp_path / "summary.md").read_text()
     assert "| wd1 | 2 | 45.0 ± 63.5 | 40.0, 50.0 | 0.0 ± 0.0 | 45.0 ± 63.5 |" in table
