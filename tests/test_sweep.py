@@ -137,7 +137,8 @@ def test_the_method_comparison_runs_every_method_and_resumes_without_retraining(
     for method in summary:
         starts = list((tmp_path / method / "seed_0" / "operative_configs").iterdir())
         assert len(starts) == 1, starts  # the second sweep found the run finished and did not start it
-        operative = starts[0].read_text()
-        assert f"dllm_rl.TrainConfig.algorithm = '{method}'" in operative and "'add'" in operative
-        assert "num_generations = 4" in operative
+        operative = starts[0].read_text()  # gin writes the bindings without the module: TrainConfig.task
+        loss_config = sweep.ALGORITHMS[method][1].__name__
+        assert f"TrainConfig.algorithm = '{method}'" in operative and "TrainConfig.task = 'add'" in operative
+        assert f"{loss_config}.num_generations = 4" in operative
     assert "| wd1 | 1 |" in (tmp_path / "summary.md").read_text()
