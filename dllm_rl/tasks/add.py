@@ -7,8 +7,9 @@ Unlike `increment`, where each output digit depends on one input digit, an answe
 carry out of the digits to its right: the tens digit of 47 + 85 needs 7 + 5 ≥ 10. The warm-start demonstrations
 make the matching error: only `CARRIED_DEMO_PERCENT` % of them (strings chosen by a hash) are the true sum; the
 others add column by column and drop every carry (47 + 85 → "022"), which is right only for the strings with
-no carry at all (about 30 %). Reinforcement learning has to teach the carry on held-out strings; the demo model
-does not saturate it within the CPU budget (BENCHMARKS.md, "Method comparison").
+no carry at all (about 30 %). Reinforcement learning has to teach the carry on held-out strings. With the demo
+model and demo.gin's SFT budget (400 or 2000 steps) the warm start does not yet learn the column sums
+(BENCHMARKS.md, "Method comparison").
 """
 from __future__ import annotations
 
