@@ -81,7 +81,7 @@ def test_a_method_gets_the_configs_group_size_and_loss_passes_and_otherwise_its_
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--methods", "agrpo,ppo"], "unknown ppo; choose from agrpo, diffu_grpo, wd1"),
+    (["--methods", "agrpo,ppo"], f"unknown ppo; choose from {', '.join(sweep.ALGORITHMS)}"),
     (["--methods", "agrpo", "--gin", DEMO], "--methods runs one config"),
 ])
 def test_a_bad_methods_flag_is_one_error_before_anything_runs(tmp_path, capsys, argv, message):
@@ -119,21 +119,21 @@ def test_methods_run_the_grid_of_methods_and_seeds_into_one_table_and_one_plot(t
 
 @pytest.mark.slow
 def test_the_method_comparison_runs_every_method_and_resumes_without_retraining(tmp_path):
-    """demo_add.gin × every method × 1 seed, shrunk (1 RL step, 8 test examples), twice: each method's run trains
+    """demo_add.gin × AGRPO, diffu-GRPO and wd1 × 1 seed, shrunk (1 RL step, 8 test examples), twice: each method's run trains
     its own objective with the config's group size, and the second call trains nothing."""
     tiny = [a for b in ("dllm_rl.TrainConfig.num_steps = 1", "dllm_rl.TrainConfig.sft_steps = 2",
                         "dllm_rl.TrainConfig.eval_every = 1", "dllm_rl.TrainConfig.eval_examples = 8",
                         "dllm_rl.TrainConfig.eval_batch_size = 8", "dllm_rl.TrainConfig.prompts_per_micro_batch = 2",
                         "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.AGRPOConfig.mc_samples = 2")
             for a in ("--gin_binding", b)]
-    methods = ",".join(sweep.ALGORITHMS)
+    methods = "agrpo,diffu_grpo,wd1"
     args = ["--gin", "experiments/configs/demo_add.gin", "--methods", methods, "--seeds", "0",
             "--out_dir", str(tmp_path), "--test_examples", "8", *tiny]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     for _ in range(2):
         subprocess.run([sys.executable, "-m", "experiments.sweep", *args], check=True, cwd=REPO, env=env, timeout=1200)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary) == list(sweep.ALGORITHMS)
+    assert list(summary) == methods.split(",")
     for method in summary:
         starts = list((tmp_path / method / "seed_0" / "operative_configs").iterdir())
         assert len(starts) == 1, starts  # the second sweep found the run finished and did not start it
