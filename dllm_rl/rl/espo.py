@@ -16,9 +16,14 @@ tiny model (tests/fixtures/espo_loss).
 
 ESPO's trainer order, for the trainer to follow: masks are drawn per micro-batch and inner iteration
 (`mask_seeds` [accumulation, μ, num_mc]); micro-batch m of inner step i uses draw (m, i), so every draw is used once.
+The mask counts are stratified over the rows of one call, so the old and reference ELBOs must be computed on the
+same rows (the micro-batch) with the same key as the update, as ESPO's `_get_elbo_by_chunk` does.
 ESPO picks the mask id by model name (126336 when the name contains "LLaDA", else the tokenizer's) and drops the last
 logit for non-LLaDA (Dream) models; here both come from the model config (`mask_token_id`, `logit_shift`), which
 gives the same ids and alignment.
+
+ESPO's `reduce_var` setting is never passed on (`_get_elbo_mc`'s default, the coupled pair, is always used), so it
+has no counterpart here; ESPO computes the logits under CUDA bf16 autocast (here: `compute_dtype`).
 
 Deliberate differences: the prompt padding mask is passed to the model as an attention mask (ESPO passes none; the
 golden runs with `prompt_mask=None`); masks are drawn with JAX's generator, not torch's (same distribution); the
