@@ -64,6 +64,25 @@ def test_loss_gradient_is_the_papers_on_a_context_free_toy():
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_keyed_masks_are_shared_by_old_ref_and_update(models):
+    """Through the key path: the old/reference ELBOs taken with the update's key and params give ρ = 1 and KL 0."""
+    model_config, params = models
+    r = np.random.default_rng(0)
+    batch = espo.ESPOBatch(jnp.asarray(r.integers(0, 150, (4, 5))), jnp.asarray(np.arange(5)[None] >= np.array([[0], [2], [0], [1]])),
+                           jnp.asarray(r.integers(0, 150, (4, 8))), jnp.ones((4, 8), bool), jnp.array([1., -1., .5, -.5]))
+    config = espo.ESPOConfig(num_mc=2, num_generations=2, beta=0.1)
+
+    @jax.jit
+    def run(key):
+        elbo = espo.sequence_elbo(model_config, params["policy"], batch, key, config)
+        return espo.espo_loss(params["policy"], None, batch, key, elbo, elbo, model_config=model_config, config=config)
+
+    loss, metrics = run(jax.random.key(0))
+    assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-6) and float(metrics["kl"]) < 1e-9
+    assert abs(float(loss)) < 1e-6  # ρ = 1, KL 0 and the advantages sum to 0
+    assert float(metrics["entropy"]) != float(run(jax.random.key(1))[1]["entropy"])
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="num_generations"):
         espo.ESPOConfig(num_generations=1)
