@@ -22,10 +22,8 @@ def golden(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def models(golden, tiny_dir, tmp_path_factory):
-    config, ref = load_hf(tiny_dir)
-    params = {name: load_prefixed(golden, f"{name}/", tiny_dir, tmp_path_factory.mktemp(name))[1]
-              for name in ("policy", "old")}
-    return config, dict(params, ref=ref)
+    config, _ = load_hf(tiny_dir)
+    return config, {"policy": load_prefixed(golden, "policy/", tiny_dir, tmp_path_factory.mktemp("policy"))[1]}
 
 
 def case_config(g, case):
@@ -50,11 +48,6 @@ def rel_err(ours, ref):
 
 
 @functools.lru_cache(maxsize=None)
-def logps_fn(model_config):
-    return jax.jit(lambda params, batch: dipo.token_logps(model_config, params, batch, dipo.DiPOConfig()))
-
-
-@functools.lru_cache(maxsize=None)
 def case_grads_fn(model_config, configs, has_old):
     """One program for every case: the policy's log-probs once, each case's loss and d loss / d logp, pulled back
     through one backward (lax.map): `dipo_loss`'s value and gradient by the chain rule, one compile."""
@@ -62,20 +55,21 @@ def case_grads_fn(model_config, configs, has_old):
         logp, pullback = jax.vjp(lambda q: dipo.token_logps(model_config, q, batch, configs[0]), params)
         losses, cotangents = zip(*[jax.value_and_grad(lambda x, c=c, h=h: dipo.dipo_token_loss(
             x, old if h else None, ref, batch, c)[0])(logp) for c, h in zip(configs, has_old)])
-        return jnp.stack(losses), jax.lax.map(lambda ct: pullback(ct)[0], jnp.stack(cotangents))
+        return logp, jnp.stack(losses), jax.lax.map(lambda ct: pullback(ct)[0], jnp.stack(cotangents))
     return jax.jit(run)
 
 
 @pytest.fixture(scope="module")
 def case_results(golden, models, rows):
-    """{case: (loss, HF-named gradients)} of the policy on the fixture's rows, old / ref log-probs the official's."""
+    """(policy log-probs [N, L], {case: (loss, HF-named gradients)}) on the fixture's rows, old / ref log-probs the
+    official's."""
     g, (model_config, params), (batch, valid) = golden, models, rows
     p = g["prompt_ids"].shape[1]
     full = lambda key: jnp.zeros(batch.masked.shape).at[np.flatnonzero(valid)].set(g[key][:, p:])  # noqa: E731
     fn = case_grads_fn(model_config, tuple(case_config(g, c) for c in CASES),
                        tuple(bool(g[f"{c}/has_old"]) for c in CASES))
-    losses, grads = fn(params["policy"], batch, full("logp_old"), full("logp_ref"))
-    return {c: (float(losses[i]), to_hf_tensors(model_config, jax.tree.map(lambda x, i=i: x[i], grads)))
+    logp, losses, grads = fn(params["policy"], batch, full("logp_old"), full("logp_ref"))
+    return np.asarray(logp), {c: (float(losses[i]), to_hf_tensors(model_config, jax.tree.map(lambda x, i=i: x[i], grads)))
             for i, c in enumerate(CASES)}
 
 
@@ -92,18 +86,17 @@ def test_rows_are_the_official_rows(golden, rows):
     np.testing.assert_array_equal(np.asarray(batch.advantages)[valid], g["row_advantages"])
 
 
-def test_logps_match_the_official(golden, models, rows):
-    g, (model_config, params), (batch, valid) = golden, models, rows
+def test_logps_match_the_official(golden, rows, case_results):
+    """The policy's log-probs at every masked position of every row (old and reference enter the loss as given)."""
+    g, (_, valid), logp = golden, rows, case_results[0]
     p = g["prompt_ids"].shape[1]
     m = g["masked_indices"][:, p:]
-    for name in ("old", "ref", "policy"):
-        ours = np.asarray(logps_fn(model_config)(params[name], batch))[valid]
-        assert rel_err(ours[m], g[f"logp_{name}"][:, p:][m]) < 1e-5, name
+    assert rel_err(logp[valid][m], g["logp_policy"][:, p:][m]) < 1e-5
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_loss_and_gradients_match_the_official(case, golden, case_results):
-    g, (loss, ours) = golden, case_results[case]
+    g, (loss, ours) = golden, case_results[1][case]
     np.testing.assert_allclose(loss, g[f"{case}/loss"], rtol=1e-5, atol=1e-7)
     prefix = f"{case}/grad/"
     assert sorted(ours) == sorted(k[len(prefix):] for k in g if k.startswith(prefix))
