@@ -272,11 +272,12 @@ def _moved(trainer, before) -> float:
 
 
 def test_dmpo_trains_with_rollout_time_elbo_weights(tmp_path, monkeypatch):
-    """TrainConfig.algorithm = 'dmpo': at rollout time the ELBOs of the reference and the rollout policy give the
-    weights (finite ESS and log-RND logged), then μ WDCE updates move the adapters."""
+    """TrainConfig.algorithm = 'dmpo': at rollout time the ELBOs of the reference (a kept copy of the initial
+    params: full fine-tuning, so one ELBO program serves both) and the rollout policy give the weights (finite ESS
+    and log-RND logged), then μ WDCE updates move the params."""
     _fixed_advantages(monkeypatch)
     cfg = parse_config([DEMO], ONE_STEP + [
-        "experiment.dmpo = @dllm_rl.DMPOConfig()", "dllm_rl.TrainConfig.algorithm = 'dmpo'",
+        "experiment.lora = None", "experiment.dmpo = @dllm_rl.DMPOConfig()", "dllm_rl.TrainConfig.algorithm = 'dmpo'",
         "dllm_rl.DMPOConfig.num_generations = 4", "dllm_rl.DMPOConfig.num_iterations = 2",
         "dllm_rl.DMPOConfig.num_replicates = 2", "dllm_rl.DMPOConfig.elbo_replicates = 2"])
     trainer = Trainer(cfg, tmp_path)
