@@ -190,7 +190,8 @@ def rollout_rows(setup: Setup) -> int:
 
 
 def lower_loss(setup: Setup):
-    """One micro-batch's gradients at the rollout's shapes (AGRPO: with the truncation record it wrote)."""
+    """One micro-batch's gradients at the rollout's shapes (AGRPO: with the truncation record it wrote; TraceRL:
+    one batch of `row_batch_size` trace rows)."""
     from dllm_rl.rl import agrpo, steps
     from dllm_rl.sampling.truncation import TruncationRecord
 
@@ -202,10 +203,8 @@ def lower_loss(setup: Setup):
     static = dict(model_config=mc, config=cfg.algorithm_config, lora_config=cfg.lora)
     objective = steps.MASKED_OBJECTIVES.get(cfg.train.algorithm)
     if objective is not None:
-        batch = objective.batch(ids, mask, completion, arr((b, length), bool), advantages)
-        config = cfg.algorithm_config
-        old = arr((b, length), jnp.float32) if objective.uses_old and config.num_iterations > 1 else None
-        ref = arr((b, length), jnp.float32) if config.beta else None
+        samples = steps.Samples(ids, mask, completion, arr((b, length), jnp.int32), advantages)
+        batch, old, ref = objective.unit_like(arr, samples, cfg.algorithm_config)
         return steps.masked_grads_program(setup.trainable, algorithm=cfg.train.algorithm, **static).lower(
             setup.trainable, setup.frozen, batch, abstract_key(mesh), old, ref, None)
     keep = None

@@ -25,6 +25,20 @@ def test_std_scaling_matches_trl():
     np.testing.assert_allclose(adv, ref.ravel(), rtol=1e-5)
 
 
+def test_leave_one_out_subtracts_the_mean_of_the_other_rewards():
+    """ESPO's baseline (ESPO @b5f2dac, `_generate_and_score_completions`): r_i − Σ_{j≠i} r_j/(G − 1), then
+    optionally / (unbiased group std + 1e-4)."""
+    r = np.random.default_rng(1).normal(size=12)
+    g = r.reshape(3, 4)
+    loo = g - (g.sum(1, keepdims=True) - g) / 3
+    adv, _ = group_advantages(jnp.asarray(r, jnp.float32), 4, leave_one_out=True)
+    np.testing.assert_allclose(adv, loo.ravel(), rtol=1e-5, atol=1e-6)
+    adv, _ = group_advantages(jnp.asarray(r, jnp.float32), 4, scale_by_std=True, leave_one_out=True)
+    np.testing.assert_allclose(adv, (loo / (g.std(1, ddof=1, keepdims=True) + 1e-4)).ravel(), rtol=1e-5)
+    with pytest.raises(ValueError, match="num_generations ≥ 2"):
+        group_advantages(jnp.array([1.0, 2.0]), 1, leave_one_out=True)
+
+
 def test_single_generation_groups_have_zero_advantage():
     adv, stats = group_advantages(jnp.array([0.3, 2.0]), 1)
     np.testing.assert_array_equal(adv, [0.0, 0.0])

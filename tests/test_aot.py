@@ -4,7 +4,11 @@ import json
 import jax
 import pytest
 
+from dllm_rl.parallel import mesh as mesh_lib
 from experiments import aot
+from experiments.run import parse_config
+
+DEMO = "experiments/configs/demo.gin"
 
 
 def test_vocab_sorts_finds_sorts_over_the_vocabulary_only():
@@ -125,3 +129,17 @@ def test_a_program_the_compiler_refuses_is_a_row_that_does_not_fit(monkeypatch):
     status = "INTERNAL"  # any other compiler error is raised
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
         aot.main(argv)
+
+
+@pytest.mark.parametrize("algorithm,bindings", [
+    ("dmpo", ["experiment.dmpo = @dllm_rl.DMPOConfig()", "dllm_rl.DMPOConfig.num_generations = 8"]),
+    ("tracerl", ["experiment.tracerl = @dllm_rl.TraceRLConfig()", "dllm_rl.TraceRLConfig.sampling_steps = 8",
+                 "dllm_rl.TraceRLConfig.kl_reference = 'ref'", "dllm_rl.TraceRLConfig.row_batch_size = 4"]),
+])
+def test_the_loss_of_a_registered_objective_lowers_from_its_unit_like(algorithm, bindings):
+    """`steps.MASKED_OBJECTIVES[...].unit_like` gives the loss program's abstract inputs (TraceRL: one row batch)."""
+    cfg = parse_config([DEMO], ["experiment.agrpo = None", f"dllm_rl.TrainConfig.algorithm = '{algorithm}'", *bindings])
+    setup = aot.make_setup(cfg, aot.model_config_for(cfg, "unused"), mesh_lib.make_mesh(cfg.mesh))
+    args = aot.lower_loss(setup).args_info[0]
+    rows = cfg.tracerl.row_batch_size if algorithm == "tracerl" else cfg.train.prompts_per_micro_batch * 8
+    assert args[2].completion_ids.shape == (rows, cfg.rollout.gen_length)

@@ -38,6 +38,13 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
     ("dllm_rl.TrainConfig.algorithm = 'ppo'", "algorithm='ppo'"),
     ("rollout/dllm_rl.SamplerConfig.record = False", "must record"),
     ("experiment.lora = @dllm_rl.LoRAConfig()\ndllm_rl.LoRAConfig.dropout = 0.05", "only applied by diffu-GRPO"),
+    ("experiment.tracerl = @dllm_rl.TraceRLConfig()\ndllm_rl.TrainConfig.algorithm = 'tracerl'\n"
+     "dllm_rl.TraceRLConfig.sampling_steps = 8\nrollout/dllm_rl.SamplerConfig.record = False",
+     "TraceRL rollouts must record"),
+    ("experiment.tracerl = @dllm_rl.TraceRLConfig()\ndllm_rl.TrainConfig.algorithm = 'tracerl'",
+     "must equal the rollout's"),
+    ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
+     "dllm_rl.TrainConfig.scale_rewards_by_std = True", "scale_rewards_by_std = False"),
 ])
 def test_bad_setups_fail_before_compiling(binding, message, tmp_path):
     cfg = parse_config([DEMO], [binding])
@@ -238,6 +245,71 @@ def test_wd1_runs_through_the_masked_objective_path_and_moves_the_params(tmp_pat
     assert "kl" not in row and "clip_ratio" not in row
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), trainer.trainable, before)
     assert max(jax.tree.leaves(moved)) > 0
+
+
+def _fixed_advantages(monkeypatch):
+    """The untrained demo model earns no reward: give the groups fixed nonzero advantages."""
+    from dllm_rl.rl import train as train_lib
+
+    summary = train_lib.rewards.batch_summary
+
+    def fixed_advantages(table, *args, **kwargs):
+        advantages, info = summary(table, *args, **kwargs)
+        return np.resize(np.float32([1.0, -1.0, 0.5, -0.5]), advantages.shape), info
+
+    monkeypatch.setattr(train_lib.rewards, "batch_summary", fixed_advantages)
+
+
+ONE_STEP = SMALL + ["dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.grad_accum = 1",
+                    "experiment.agrpo = None", "experiment.lora = @dllm_rl.LoRAConfig()", "dllm_rl.LoRAConfig.rank = 4",
+                    "dllm_rl.TrainConfig.num_steps = 1", "dllm_rl.TrainConfig.eval_every = 0",
+                    "dllm_rl.TrainConfig.export_final_model = False"]
+
+
+def _moved(trainer, before) -> float:
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), trainer.trainable, before)
+    return max(jax.tree.leaves(moved))
+
+
+def test_dmpo_trains_with_rollout_time_elbo_weights(tmp_path, monkeypatch):
+    """TrainConfig.algorithm = 'dmpo': at rollout time the ELBOs of the reference (a kept copy of the initial
+    params: full fine-tuning, so one ELBO program serves both) and the rollout policy give the weights (finite ESS
+    and log-RND logged), then μ WDCE updates move the params."""
+    _fixed_advantages(monkeypatch)
+    cfg = parse_config([DEMO], ONE_STEP + [
+        "experiment.lora = None", "experiment.dmpo = @dllm_rl.DMPOConfig()", "dllm_rl.TrainConfig.algorithm = 'dmpo'",
+        "dllm_rl.DMPOConfig.num_generations = 4", "dllm_rl.DMPOConfig.num_iterations = 2",
+        "dllm_rl.DMPOConfig.num_replicates = 2", "dllm_rl.DMPOConfig.elbo_replicates = 2"])
+    trainer = Trainer(cfg, tmp_path)
+    before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
+    (row,) = trainer.train(progress=False)
+    keys = ("loss", "dce", "mask_fraction", "ess", "log_rnd", "grad_norm")
+    assert all(np.isfinite(row[k]) for k in keys) and row["grad_norm"] > 0, {k: row[k] for k in keys}
+    assert 0 < row["ess"] <= 1 and trainer.needs_ref
+    assert _moved(trainer, before) > 0
+
+
+def test_tracerl_trains_on_the_recorded_trace_rows_in_order(tmp_path, monkeypatch):
+    """TrainConfig.algorithm = 'tracerl': the recorded rollout's trace rows (those scoring nothing dropped) in row
+    batches of `row_batch_size`, `row_batches_per_update` of them per optimizer update; finite PPO metrics, the
+    adapters move, no reference kept (the KL is against the old policy)."""
+    _fixed_advantages(monkeypatch)
+    updates = []
+    apply_update = steps.apply_update
+    monkeypatch.setattr(steps, "apply_update", lambda *a, **k: updates.append(1) or apply_update(*a, **k))
+    cfg = parse_config([DEMO], ONE_STEP + [
+        "experiment.tracerl = @dllm_rl.TraceRLConfig()", "dllm_rl.TrainConfig.algorithm = 'tracerl'",
+        "dllm_rl.TraceRLConfig.num_generations = 4", "dllm_rl.TraceRLConfig.sampling_steps = 8",
+        "dllm_rl.TraceRLConfig.shrink = 2", "dllm_rl.TraceRLConfig.post_num = None",
+        "dllm_rl.TraceRLConfig.row_batch_size = 4", "dllm_rl.TraceRLConfig.row_batches_per_update = 3"])
+    trainer = Trainer(cfg, tmp_path)
+    before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
+    (row,) = trainer.train(progress=False)
+    keys = ("loss", "policy_loss", "ratio_mean", "clip_fraction", "kl", "grad_norm")
+    assert all(np.isfinite(row[k]) for k in keys) and row["grad_norm"] > 0, {k: row[k] for k in keys}
+    assert row["trace_rows"] == 8 * 4  # 2 prompts × G=4, 8 steps merged by 2: every row scores a token
+    assert len(updates) == -(-(-(-row["trace_rows"] // 4)) // 3)
+    assert not trainer.needs_ref and _moved(trainer, before) > 0
 
 
 def test_lora_run_samples_the_trained_policy_and_exports_its_adapters(tmp_path):

@@ -2,7 +2,8 @@
 
 Rows are grouped consecutively: rows g·G … g·G+G−1 share a prompt (the layout of TRL's RepeatSampler, which
 the official AGRPO and d1 trainers use). Neither divides by the group std (docs/algorithm.md), so `scale_by_std`
-defaults to False; with it, TRL's (r − mean)/(std + 1e-4) with the unbiased std is used.
+defaults to False; with it, TRL's (r − mean)/(std + 1e-4) with the unbiased std is used. `leave_one_out` (ESPO)
+replaces the group mean by the mean of the other G − 1 rewards: r_i − (Σ_j r_j − r_i)/(G − 1) = G/(G − 1)·(r_i − mean).
 """
 from __future__ import annotations
 
@@ -22,18 +23,23 @@ def check_group_size(batch_size: int, num_generations: int) -> None:
                          "use a batch size of (prompts per batch)·num_generations")
 
 
-def group_advantages(rewards_B: jax.Array, num_generations: int, scale_by_std: bool = False
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(advantages [B], stats): r − group mean (optionally / (std + 1e-4)), and reward / zero-std-group metrics."""
+def group_advantages(rewards_B: jax.Array, num_generations: int, scale_by_std: bool = False,
+                     leave_one_out: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(advantages [B], stats): r − group mean, or with `leave_one_out` r − mean of the group's other rewards
+    (ESPO's baseline), optionally / (std + 1e-4); and reward / zero-std-group metrics."""
     if rewards_B.ndim != 1:
         raise ValueError(f"rewards must be 1-D [batch], got shape {rewards_B.shape}; sum the reward components "
                          "of each row first")
     check_group_size(rewards_B.shape[0], num_generations)
+    if leave_one_out and num_generations < 2:
+        raise ValueError(f"leave_one_out advantages need num_generations ≥ 2, got {num_generations}")
     r_QxG = rewards_B.astype(jnp.float32).reshape(-1, num_generations)
     mean_Qx1 = r_QxG.mean(axis=1, keepdims=True)
     std_Qx1 = (jnp.std(r_QxG, axis=1, ddof=1, keepdims=True) if num_generations > 1
                else jnp.zeros_like(mean_Qx1))
     adv_QxG = r_QxG - mean_Qx1
+    if leave_one_out:
+        adv_QxG = adv_QxG * (num_generations / (num_generations - 1))
     if scale_by_std:
         adv_QxG = adv_QxG / (std_Qx1 + STD_EPS)
     stats = {

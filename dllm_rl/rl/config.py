@@ -13,14 +13,17 @@ from dllm_rl import paths
 from dllm_rl.checkpoint import load_model
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from dllm_rl.rl import agrpo, diffu_grpo, evaluate as eval_lib, wd1
+from dllm_rl.rl import agrpo, diffu_grpo, dmpo, evaluate as eval_lib, tracerl, wd1
 from dllm_rl.sampling import SamplerConfig
 from dllm_rl.tasks import get_task
 
 # TrainConfig.algorithm → (the ExperimentConfig field holding its loss config, that config's class). Every
-# algorithm but AGRPO trains through `rl.steps.MASKED_OBJECTIVES` (μ masked updates per rollout, as d1).
+# algorithm but AGRPO trains through `rl.steps.MASKED_OBJECTIVES` (rollouts prepared once, then their updates).
 ALGORITHMS = {"agrpo": ("agrpo", agrpo.AGRPOConfig), "diffu_grpo": ("diffu_grpo", diffu_grpo.DiffuGRPOConfig),
-              "wd1": ("wd1", wd1.WD1Config)}
+              "wd1": ("wd1", wd1.WD1Config), "dmpo": ("dmpo", dmpo.DMPOConfig),
+              "tracerl": ("tracerl", tracerl.TraceRLConfig)}
+LossConfig = (agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | wd1.WD1Config | dmpo.DMPOConfig
+              | tracerl.TraceRLConfig)
 
 
 class TrainError(ValueError):
@@ -158,11 +161,13 @@ class ExperimentConfig:
     agrpo: agrpo.AGRPOConfig | None = None
     diffu_grpo: diffu_grpo.DiffuGRPOConfig | None = None
     wd1: wd1.WD1Config | None = None
+    dmpo: dmpo.DMPOConfig | None = None
+    tracerl: tracerl.TraceRLConfig | None = None
     lora: lora_lib.LoRAConfig | None = None
     mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
 
     @property
-    def algorithm_config(self) -> agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | wd1.WD1Config | None:
+    def algorithm_config(self) -> LossConfig | None:
         """The loss config of `train.algorithm` (the others, if also bound, are unused)."""
         return getattr(self, ALGORITHMS[self.train.algorithm][0])
 
@@ -186,6 +191,8 @@ class ExperimentConfig:
             sizes["eval batch (eval_batch_size)"] = tc.eval_batch_size
         if tc.sft_steps:
             sizes["SFT batch (sft_batch_size)"] = tc.sft_batch_size
+        if tc.algorithm == "tracerl":
+            sizes["TraceRL row batch (TraceRLConfig.row_batch_size)"] = self.tracerl.row_batch_size
         sharding = mesh_lib.batch_sharding(mesh, 1, self.mesh.rules)
         for what, rows in sizes.items():
             try:
@@ -221,9 +228,17 @@ class ExperimentConfig:
                              f"({config_class.__name__}: bind experiment.{field})")
         if self.train.algorithm == "agrpo" and not self.rollout.record:
             raise TrainError("AGRPO rollouts must record (SamplerConfig.record=True): the loss re-scores each step")
+        if self.train.algorithm == "tracerl" and not self.rollout.record:
+            raise TrainError("TraceRL rollouts must record (SamplerConfig.record=True): its rows follow the trace")
+        if self.train.algorithm == "tracerl" and self.tracerl.sampling_steps != self.rollout.steps:
+            raise TrainError(f"TraceRLConfig.sampling_steps {self.tracerl.sampling_steps} must equal the rollout's "
+                             f"steps {self.rollout.steps} (it bounds the trace's distinct steps)")
+        if self.train.algorithm == "dmpo" and self.train.scale_rewards_by_std:
+            raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.scale_rewards_by_std = False")
         if self.train.algorithm == "agrpo" and self.lora is not None and self.lora.dropout > 0:
-            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO and wd1; AGRPO's "
-                             "loss re-scores the sampling policy exactly, so set LoRAConfig.dropout = 0 for AGRPO runs")
+            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO, wd1, DMPO and "
+                             "TraceRL; AGRPO's loss re-scores the sampling policy exactly, so set "
+                             "LoRAConfig.dropout = 0 for AGRPO runs")
         self.rollout.validate()
         if self.rollout.temperature <= 0:
             raise TrainError("rollouts need temperature > 0: greedy completions give every group zero variance")

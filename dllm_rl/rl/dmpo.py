@@ -54,6 +54,7 @@ class DMPOConfig(ForwardConfig):
     completion in each ELBO (`compute_ref_log_prob_elbo_size`). antithetic / mask_prob_clamp / mask_non_eos: the
     official `loss_antithetic` / `loss_mask_prob_clamp` / `loss_mask_non_eos` (the first two also apply to the
     ELBO). centering: "negative" (`advantage_centering_neg`), "mean", or "none" (`advantage_centering` off).
+    prompt_keep_last (trainer): keep each prompt's last N tokens (the official `max_prompt_length` left truncation).
     """
 
     alpha: float = 0.04
@@ -67,6 +68,7 @@ class DMPOConfig(ForwardConfig):
     mask_non_eos: bool = False
     centering: str = "negative"
     centering_strength: float = 1.0
+    prompt_keep_last: int | None = None
 
     def __post_init__(self):
         if self.alpha < 0:
@@ -74,6 +76,8 @@ class DMPOConfig(ForwardConfig):
                              "weights, is not supported)")
         if not 0.0 <= self.coeff <= 1.0:
             raise ValueError(f"DMPOConfig.coeff must be in [0, 1], got {self.coeff}")
+        if self.prompt_keep_last is not None and self.prompt_keep_last < 1:
+            raise ValueError(f"DMPOConfig.prompt_keep_last must be None or ≥ 1, got {self.prompt_keep_last}")
         if self.centering not in CENTERINGS:
             raise ValueError(f"DMPOConfig.centering={self.centering!r}; choose one of {CENTERINGS}")
         for name in ("num_generations", "num_iterations", "num_replicates", "elbo_replicates"):

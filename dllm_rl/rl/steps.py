@@ -1,6 +1,6 @@
-"""The jitted step functions of the trainer: per-micro-batch gradients (AGRPO; the masked objectives of
-`MASKED_OBJECTIVES`: d1's diffu-GRPO, wd1), the optimizer update, the SFT update, and the sampler's view of the
-policy params (the unmerged LoRA path).
+"""The jitted step functions of the trainer: per-micro-batch gradients (AGRPO; the objectives of `MASKED_OBJECTIVES`:
+d1's diffu-GRPO, wd1, DMPO, TraceRL, with their rollout-time preparation), the optimizer update, the SFT update,
+and the sampler's view of the policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state and return them in the
@@ -12,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dllm_rl.models import lora as lora_lib
-from dllm_rl.rl import agrpo, diffu_grpo, sft, wd1
+from dllm_rl.rl import agrpo, diffu_grpo, dmpo, sft, tracerl, wd1
 from dllm_rl.sampling import expand
 
 
@@ -44,25 +47,178 @@ def agrpo_grads(trainable, frozen, ref_params, batch, rng, *, model_config, conf
         return program(trainable, frozen, ref_params, batch, rng)
 
 
+class Samples(NamedTuple):
+    """One rollout micro-batch as the masked objectives take it: prompt_ids [B, P], prompt_mask [B, P], completion_ids
+    [B, L], unmask_step [B, L] (the sampler's record of the step that decoded each position), advantages [B]."""
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array | None
+    completion_ids: jax.Array
+    unmask_step: jax.Array
+    advantages: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskedObjective:
-    """A loss trained as d1 trains: each rollout batch gives μ = `config.num_iterations` updates, update i under
-    its own random mask key; rollout-time quantities (the old policy's, the reference's) are computed under the
-    same key before the updates.
+    """A loss trained from rollouts that are prepared once and then give one or more optimizer updates (d1's μ
+    updates per rollout; TraceRL's updates over the rollout's trace rows).
 
-    `batch`: the batch type, built from (prompt_ids, prompt_mask, completion_ids, completion_mask, advantages).
-    `logps(model_config, params, batch, rng, config)`: the quantity the old and reference policies contribute.
+    `prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config)`: at rollout
+    time, the arguments (batch, rng, old, ref) of every gradient call micro-batch `micro` contributes, and metrics
+    (rollout-time quantities: the old policy's, the reference's, under the mask keys drawn from `rng`).
+    `schedule(units per micro-batch, config)`: the updates, each a list of (micro-batch index, unit) whose
+    gradients are averaged (`iterated` or `in_order`).
     `grad(trainable, frozen, batch, rng, old, ref, *, model_config, config, lora_config, dropout_rng)`:
-    (loss, grads, metrics). `uses_old`: the loss takes the rollout policy's `logps` (a ratio; with μ = 1 it gets
-    None, the current policy's detached); the reference's are computed when `config.beta` > 0.
-    `logged`: the metrics the trainer logs beside the loss.
+    (loss, grads, metrics). `needs_ref(config)`: whether `prepare` uses the reference params (the initial policy).
+    `unit_like(array, samples, config)`: a unit's (batch, old, ref) as `prepare` would give them, every array made by
+    `array(shape, dtype)` (abstract ones: `experiments.aot` compiles the gradient program from them).
+    `records`: rollouts use the configured sampler (`SamplerConfig.record=True`), not LLaDA's semantics.
+    `logged`: the loss metrics the trainer logs beside the loss.
     """
 
-    batch: type
-    logps: Callable
+    prepare: Callable
+    schedule: Callable
     grad: Callable
-    uses_old: bool
+    needs_ref: Callable
+    unit_like: Callable
+    records: bool
     logged: tuple[str, ...]
+
+
+def iterated(units_per_micro, config):
+    """Update i takes unit i of every micro-batch (μ = the units per micro-batch)."""
+    return [[(m, units[i]) for m, units in enumerate(units_per_micro)] for i in range(len(units_per_micro[0]))]
+
+
+def in_order(units_per_micro, config):
+    """Every unit once, in order, `config.row_batches_per_update` units per update (the last may have fewer)."""
+    flat = [(m, unit) for m, units in enumerate(units_per_micro) for unit in units]
+    n = config.row_batches_per_update
+    return [flat[i:i + n] for i in range(0, len(flat), n)]
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "model_config", "config", "lora_config"))
+def _score(trainable, frozen, batch, rng, *, fn, model_config, config, lora_config):
+    params = lora_lib.policy_params(trainable, frozen, lora_config)
+    return fn(model_config, params, batch, rng, config)
+
+
+def score(trainable, frozen, batch, rng, *, fn, model_config, config, lora_config):
+    """`fn(model_config, params, batch, rng, config)` of the policy (LoRA unmerged, no dropout): a rollout-time
+    quantity of the old or, with `lora_config=None`, the reference policy."""
+    with on_mesh_of(trainable):
+        return _score(trainable, frozen, batch, rng, fn=fn, model_config=model_config, config=config,
+                      lora_config=lora_config)
+
+
+def _one_step_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config,
+                      uses_old):
+    """d1 / wd1: μ mask keys; old (a ratio's, only with μ > 1: else the current policy's, detached) and reference
+    (β > 0) one-step log-probs under the masks the micro-batch uses (`diffu_grpo.mask_index`), None elsewhere."""
+    completion = samples.completion_ids
+    batch = diffu_grpo.DiffuGRPOBatch(samples.prompt_ids, samples.prompt_mask, completion,
+                                      diffu_grpo.completion_mask(completion, model_config.eos_token_id),
+                                      samples.advantages)
+    mu = config.num_iterations
+    keys = diffu_grpo.iteration_keys(rng, mu)
+    index = [diffu_grpo.mask_index(it, micro, config) for it in range(mu)]
+    kw = dict(fn=diffu_grpo.completion_logps, model_config=model_config, config=config)
+    old = ref = [None] * mu
+    if uses_old and mu > 1:
+        old = [score(trainable, frozen, batch, k, lora_config=lora_config, **kw) if j in index else None
+               for j, k in enumerate(keys)]
+    if config.beta:
+        ref = [score(ref_params, None, batch, k, lora_config=None, **kw) if j in index else None
+               for j, k in enumerate(keys)]
+    return [(batch, keys[j], old[j], ref[j]) for j in index], {}
+
+
+def _sequence_elbo(model_config, params, batch, rng, config):
+    return dmpo.token_elbo(model_config, params, batch, rng, config).sum(axis=1)
+
+
+def _dmpo_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config):
+    """DMPO: the sequence ELBOs of the rollout and reference policies under shared masks (α > 0), their
+    `dmpo_weights` with the group-centred rewards (a group's softmax ignores the centring), and μ mask keys, one per
+    update (fresh masks per update, as officially)."""
+    del micro
+    completion = samples.completion_ids
+    zeros = jnp.zeros(completion.shape[:1], jnp.float32)
+    batch = dmpo.DMPOBatch(samples.prompt_ids, samples.prompt_mask, completion,
+                           diffu_grpo.completion_mask(completion, model_config.eos_token_id), zeros, zeros)
+    elbo_key, loss_key = jax.random.split(rng)
+    old = ref = zeros
+    if config.alpha > 0:
+        kw = dict(fn=_sequence_elbo, model_config=model_config, config=config)
+        old = score(trainable, frozen, batch, elbo_key, lora_config=lora_config, **kw)
+        ref = score(ref_params, None, batch, elbo_key, lora_config=None, **kw)
+    weights, negative_weights, metrics = dmpo.dmpo_weights(samples.advantages, ref, old, config)
+    batch = batch._replace(weights=weights, negative_weights=negative_weights)
+    return [(batch, k, None, None) for k in diffu_grpo.iteration_keys(loss_key, config.num_iterations)], metrics
+
+
+def _trace_logps(model_config, params, batch, rng, config):
+    del rng  # the trace fixes every input
+    return tracerl.token_logps(model_config, params, batch, config)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "pad_token_id"))
+def _trace_rows(samples, *, config, pad_token_id):
+    rows = tracerl.trace_rows(tracerl.TraceSamples(*samples), config, pad_token_id)
+    return rows, rows.target.any(axis=1)
+
+
+@jax.jit
+def _take_rows(rows, index, keep):
+    picked = jax.tree.map(lambda x: x[index], rows)
+    return picked._replace(target=picked.target & keep[:, None])
+
+
+def _tracerl_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config):
+    """TraceRL: the trace rows, the rows that score nothing dropped (as officially) and the rest split in order into
+    micro-batches of `row_batch_size` (the last padded with rows that score nothing), each with the rollout
+    policy's token log-probs (and the reference's with `kl_reference="ref"`, β > 0)."""
+    del micro, rng  # the trace fixes every input
+    rows, valid_N = _trace_rows(samples, config=config, pad_token_id=model_config.pad_token_id)
+    index = np.flatnonzero(multihost_utils.process_allgather(valid_N, tiled=True))
+    n = config.row_batch_size
+    padded = np.zeros(-(-len(index) // n) * n, np.int32)
+    padded[:len(index)] = index
+    keep = np.arange(len(padded)) < len(index)
+    kw = dict(fn=_trace_logps, model_config=model_config, config=config)
+    units = []
+    for c in range(0, len(padded), n):
+        chunk = _take_rows(rows, padded[c:c + n], keep[c:c + n])
+        old = score(trainable, frozen, chunk, None, lora_config=lora_config, **kw)
+        ref = None
+        if config.beta and config.kl_reference == "ref":
+            ref = score(ref_params, None, chunk, None, lora_config=None, **kw)
+        units.append((chunk, None, old, ref))
+    return units, {"trace_rows": float(len(index))}
+
+
+def _one_step_unit_like(array, samples, config, *, uses_old):
+    b, length = samples.completion_ids.shape
+    batch = diffu_grpo.DiffuGRPOBatch(samples.prompt_ids, samples.prompt_mask, samples.completion_ids,
+                                      array((b, length), bool), samples.advantages)
+    logps = lambda: array((b, length), jnp.float32)  # noqa: E731
+    return batch, logps() if uses_old and config.num_iterations > 1 else None, logps() if config.beta else None
+
+
+def _dmpo_unit_like(array, samples, config):
+    b, length = samples.completion_ids.shape
+    return dmpo.DMPOBatch(samples.prompt_ids, samples.prompt_mask, samples.completion_ids, array((b, length), bool),
+                          array((b,), jnp.float32), array((b,), jnp.float32)), None, None
+
+
+def _tracerl_unit_like(array, samples, config):
+    n, (p, length) = config.row_batch_size, (samples.prompt_ids.shape[1], samples.completion_ids.shape[1])
+    mask = None if samples.prompt_mask is None else array((n, p), jnp.int32)
+    batch = tracerl.TraceRLBatch(array((n, p), jnp.int32), mask, array((n, length), jnp.int32),
+                                 array((n, length), bool), array((n, length), bool),
+                                 array((n,), jnp.float32))
+    ref = array((n, length), jnp.float32) if config.beta and config.kl_reference == "ref" else None
+    return batch, array((n, length), jnp.float32), ref
 
 
 def _wd1_grad(trainable, frozen, batch, rng, old_logp, ref_logp, **kw):
@@ -70,27 +226,33 @@ def _wd1_grad(trainable, frozen, batch, rng, old_logp, ref_logp, **kw):
     return wd1.wd1_grad(trainable, frozen, batch, rng, **kw)
 
 
-# TrainConfig.algorithm → its objective, for every algorithm trained with μ masked updates per rollout.
+def _dmpo_grad(trainable, frozen, batch, rng, old, ref, **kw):
+    del old, ref  # the rollout-time quantities are in the batch's weights
+    return dmpo.dmpo_grad(trainable, frozen, batch, rng, **kw)
+
+
+def _tracerl_grad(trainable, frozen, batch, rng, old_logp, ref_logp, **kw):
+    del rng  # the trace fixes every input
+    return tracerl.tracerl_grad(trainable, frozen, batch, old_logp, ref_logp, **kw)
+
+
+# TrainConfig.algorithm → its objective, for every algorithm but AGRPO.
 MASKED_OBJECTIVES = {
-    "diffu_grpo": MaskedObjective(diffu_grpo.DiffuGRPOBatch, diffu_grpo.completion_logps, diffu_grpo.diffu_grpo_grad,
-                                  uses_old=True, logged=("clip_fraction", "clip_ratio", "kl")),
-    "wd1": MaskedObjective(diffu_grpo.DiffuGRPOBatch, diffu_grpo.completion_logps, _wd1_grad, uses_old=False,
+    "diffu_grpo": MaskedObjective(functools.partial(_one_step_prepare, uses_old=True), iterated,
+                                  diffu_grpo.diffu_grpo_grad, needs_ref=lambda c: bool(c.beta),
+                                  unit_like=functools.partial(_one_step_unit_like, uses_old=True), records=False,
+                                  logged=("clip_fraction", "clip_ratio", "kl")),
+    "wd1": MaskedObjective(functools.partial(_one_step_prepare, uses_old=False), iterated, _wd1_grad,
+                           needs_ref=lambda c: bool(c.beta),
+                           unit_like=functools.partial(_one_step_unit_like, uses_old=False), records=False,
                            logged=("seq_logp_mean", "pos_weight_max")),
+    "dmpo": MaskedObjective(_dmpo_prepare, iterated, _dmpo_grad, needs_ref=lambda c: c.alpha > 0,
+                            unit_like=_dmpo_unit_like, records=False, logged=("dce", "mask_fraction")),
+    "tracerl": MaskedObjective(_tracerl_prepare, in_order, _tracerl_grad,
+                               needs_ref=lambda c: bool(c.beta) and c.kl_reference == "ref",
+                               unit_like=_tracerl_unit_like, records=True,
+                               logged=("policy_loss", "ratio_mean", "clip_fraction", "kl")),
 }
-
-
-@functools.partial(jax.jit, static_argnames=("algorithm", "model_config", "config", "lora_config"))
-def _masked_logps(trainable, frozen, batch, rng, *, algorithm, model_config, config, lora_config):
-    params = lora_lib.policy_params(trainable, frozen, lora_config)
-    return MASKED_OBJECTIVES[algorithm].logps(model_config, params, batch, rng, config)
-
-
-def masked_logps(trainable, frozen, batch, rng, *, algorithm, model_config, config, lora_config):
-    """The rollout-time quantity of objective `algorithm` (d1: per-token completion log-probs of the one-step
-    estimate) for the old or reference policy under mask key `rng`."""
-    with on_mesh_of(trainable):
-        return _masked_logps(trainable, frozen, batch, rng, algorithm=algorithm, model_config=model_config,
-                             config=config, lora_config=lora_config)
 
 
 def _masked_grads(trainable, frozen, batch, rng, old_logp, ref_logp, dropout_rng, *, algorithm, model_config, config,

@@ -46,8 +46,15 @@ class TraceRLConfig(ForwardConfig):
     """TraceRL settings (defaults: the official configs/rl_llada.yaml); the model-call fields come from
     `ForwardConfig`. sampling_steps: the rollout's step count (bounds the distinct steps of a trace); shrink: steps
     merged per row; post_num: completion pads still scored (None: all); kl_estimator "k3" or "k1";
-    kl_reference "old" (official: the KL is against the old policy) or "ref"."""
+    kl_reference "old" (official: the KL is against the old policy) or "ref".
 
+    Trainer settings (`rl.steps.MASKED_OBJECTIVES`): num_generations (`num_response_per_task`); a rollout's rows
+    are trained in order, `row_batch_size` rows per loss call (`batch_size_lm`), `row_batches_per_update` calls
+    averaged per optimizer update (`gradient_accumulation_steps`)."""
+
+    num_generations: int = 8
+    row_batch_size: int = 2
+    row_batches_per_update: int = 128
     sampling_steps: int = 512
     shrink: int = 8
     post_num: int | None = 0
@@ -61,7 +68,7 @@ class TraceRLConfig(ForwardConfig):
             raise ValueError(f"TraceRLConfig.kl_estimator={self.kl_estimator!r}; choose 'k3' or 'k1'")
         if self.kl_reference not in ("old", "ref"):
             raise ValueError(f"TraceRLConfig.kl_reference={self.kl_reference!r}; choose 'old' or 'ref'")
-        for name in ("sampling_steps", "shrink"):
+        for name in ("num_generations", "row_batch_size", "row_batches_per_update", "sampling_steps", "shrink"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TraceRLConfig.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.post_num is not None and self.post_num < 0:

@@ -2,10 +2,10 @@
 
 The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
 produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group, `rl.steps` gives
-gradients (AGRPO, or a masked objective: diffu-GRPO, wd1) and updates the trainable leaves (LoRA adapters or all
-params). Everything random derives from `TrainConfig.seed` folded with the step number, and the data iterator's
-state is checkpointed with the params and optimizer state (`rl.train_state`), so a run killed at any point and
-restarted from its workdir continues exactly as an uninterrupted run would (same rollouts, same metrics).
+gradients (AGRPO, or a masked objective: diffu-GRPO, wd1, DMPO, TraceRL) and updates the trainable leaves (LoRA
+adapters or all params). Everything random derives from `TrainConfig.seed` folded with the step number, and the
+data iterator's state is checkpointed with the params and optimizer state (`rl.train_state`), so a run killed at any
+point and restarted from its workdir continues exactly as an uninterrupted run would (same rollouts, same metrics).
 
 Batching follows the AGRPO paper: each optimizer step takes `prompts_per_micro_batch × grad_accum` prompts;
 every prompt gets G = num_generations completions in consecutive rows; the micro-batch gradients are summed into
@@ -36,7 +36,7 @@ from dllm_rl.checkpoint import copy_side_files, save_orbax
 from dllm_rl.export import export_peft
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib, multihost
-from dllm_rl.rl import advantages as adv_lib, agrpo, diffu_grpo, evaluate as eval_lib, rewards, steps, train_state
+from dllm_rl.rl import advantages as adv_lib, agrpo, evaluate as eval_lib, rewards, steps, train_state
 from dllm_rl.rl.config import ExperimentConfig, TrainError
 from dllm_rl.rl.optimizer import make_optimizer, make_sft_optimizer
 from dllm_rl.rl.stopping import StopRequest
@@ -249,37 +249,30 @@ class Trainer:
         return grads, info
 
     def _masked_micro_batches(self, trainable, frozen, examples_per_micro, key, step_row_key):
-        """Rollouts of every micro-batch and their old/ref quantities per mask key, for the μ updates of a masked
-        objective (`steps.MASKED_OBJECTIVES`: d1's diffu-GRPO, wd1).
+        """Rollouts of every micro-batch, each prepared by its objective (`steps.MASKED_OBJECTIVES`: d1's
+        diffu-GRPO, wd1, DMPO, TraceRL): [(the arguments of its gradient calls, its metrics)].
 
         Rollouts use LLaDA's sampler semantics (record=False: low confidence from the untempered softmax, no
-        truncation record, no early stop), as d1 samples. Old/ref quantities are computed only for the masks the
-        micro-batch uses (`diffu_grpo.mask_index`) and only when the objective takes them; the others are None.
+        truncation record, no early stop), as d1 samples, unless the objective `records` (TraceRL: the configured
+        sampler, record=True). `prepare` computes the rollout-time quantities (old / reference policy) right after
+        each rollout, with the params that sampled it.
         """
         algorithm, cfg, out = self.train_cfg.algorithm, self.cfg.algorithm_config, []
         objective = steps.MASKED_OBJECTIVES[algorithm]
-        kw = dict(algorithm=algorithm, model_config=self.model_config, config=cfg)
-        llada_sampler = dataclasses.replace(self.cfg.rollout, record=False, early_stop=False)
+        sampler = self.cfg.rollout
+        if not objective.records:
+            sampler = dataclasses.replace(sampler, record=False, early_stop=False)
         for i, examples in enumerate(examples_per_micro):
             self._check_stop()
             roll_key, mask_key = jax.random.split(jax.random.fold_in(key, i))
             ids, mask, rollout, advantages, info = self._rollout(
-                trainable, frozen, examples, step_row_key if llada_sampler.row_keys else roll_key,
-                i * len(examples_per_micro[0]), llada_sampler, keep_last=cfg.prompt_keep_last)
-            completion = rollout.tokens[:, ids.shape[1]:]
-            batch = objective.batch(ids, mask, completion,
-                                    diffu_grpo.completion_mask(completion, self.model_config.eos_token_id), advantages)
-            keys = diffu_grpo.iteration_keys(mask_key, cfg.num_iterations)
-            used = {diffu_grpo.mask_index(g, i, cfg) for g in range(cfg.num_iterations)}
-            old = None
-            if objective.uses_old and cfg.num_iterations > 1:
-                old = [steps.masked_logps(trainable, frozen, batch, k, lora_config=self.cfg.lora, **kw)
-                       if j in used else None for j, k in enumerate(keys)]
-            ref = None
-            if cfg.beta:
-                ref = [steps.masked_logps(self.base_params, None, batch, k, lora_config=None, **kw)
-                       if j in used else None for j, k in enumerate(keys)]
-            out.append((batch, keys, old, ref, info))
+                trainable, frozen, examples, step_row_key if sampler.row_keys else roll_key,
+                i * len(examples_per_micro[0]), sampler, keep_last=getattr(cfg, "prompt_keep_last", None))
+            samples = steps.Samples(ids, mask, rollout.tokens[:, ids.shape[1]:], rollout.unmask_step, advantages)
+            units, metrics = objective.prepare(trainable, frozen, self.base_params, samples, i, mask_key,
+                                               model_config=self.model_config, config=cfg, lora_config=self.cfg.lora)
+            info.update({k: float(v) for k, v in metrics.items()})
+            out.append((units, info))
         return out
 
     def _agrpo_update(self, trainable, frozen, opt_state, micro_examples, key, step_row_key):
@@ -297,31 +290,33 @@ class Trainer:
         return trainable, opt_state, infos, [grad_norm]
 
     def _masked_updates(self, trainable, frozen, opt_state, micro_examples, key, step_row_key):
-        """μ = num_iterations optimizer updates on the same rollouts, as d1. The loss metrics (the objective's
-        `logged`, e.g. d1's `clip_ratio` beside ours) are means over the μ updates, as d1's logger averages the
+        """The objective's updates on the step's rollouts (`schedule`: d1's μ = num_iterations updates, each over
+        every micro-batch; TraceRL's row batches in order). The loss metrics (the objective's `logged`, e.g. d1's
+        `clip_ratio` beside ours) of a micro-batch are means over its gradient calls, as d1's logger averages the
         calls between two logs."""
         prep_key, dropout_key = jax.random.split(key)
         prepared = self._masked_micro_batches(trainable, frozen, micro_examples, prep_key, step_row_key)
         algorithm, cfg = self.train_cfg.algorithm, self.cfg.algorithm_config
-        infos, grad_norms, logged_names = [p[-1] for p in prepared], [], steps.MASKED_OBJECTIVES[algorithm].logged
+        objective = steps.MASKED_OBJECTIVES[algorithm]
+        infos, grad_norms, calls = [info for _, info in prepared], [], 0
         logged = [[] for _ in prepared]
         t0 = time.perf_counter()
-        for it in range(cfg.num_iterations):
+        for update in objective.schedule([units for units, _ in prepared], cfg):
             grad_sum = None
-            for m, (batch, keys, old, ref, info) in enumerate(prepared):
-                j = diffu_grpo.mask_index(it, m, cfg)
+            for m, (batch, rng, old, ref) in update:
                 loss, grads, metrics = steps.masked_grads(
-                    trainable, frozen, batch, keys[j], None if old is None else old[j], None if ref is None else ref[j],
-                    jax.random.fold_in(dropout_key, it * len(prepared) + m), algorithm=algorithm,
-                    model_config=self.model_config, config=cfg, lora_config=self.cfg.lora)
+                    trainable, frozen, batch, rng, old, ref, jax.random.fold_in(dropout_key, calls),
+                    algorithm=algorithm, model_config=self.model_config, config=cfg, lora_config=self.cfg.lora)
+                calls += 1
                 grad_sum = _add(grad_sum, grads)
                 del grads
-                logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items() if k in logged_names}))
-            grads = steps.divide(grad_sum, len(prepared))
+                logged[m].append(dict(loss=loss, **{k: v for k, v in metrics.items() if k in objective.logged}))
+            grads = steps.divide(grad_sum, len(update))
             trainable, opt_state, grad_norm = steps.apply_update(trainable, opt_state, grads, tx=self.tx)
             grad_norms.append(grad_norm)
         for info, rows in zip(infos, logged):
-            info.update({k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]})
+            if rows:
+                info.update({k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]})
         infos[0]["loss_seconds"] = time.perf_counter() - t0
         return trainable, opt_state, infos, grad_norms
 
@@ -347,11 +342,19 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------------------
 
+    @property
+    def needs_ref(self) -> bool:
+        """Whether the loss uses the reference policy (the initial, or SFT-warm-started, params)."""
+        cfg = self.cfg.algorithm_config
+        if self.train_cfg.algorithm == "agrpo":
+            return bool(cfg.beta)
+        return steps.MASKED_OBJECTIVES[self.train_cfg.algorithm].needs_ref(cfg)
+
     def init_state(self, base):
         """(trainable, frozen, opt_state) of a fresh run from the (possibly warm-started) base params."""
         lora = self.cfg.lora
         trainable, frozen = lora_lib.split_params(base, lora, self._lora_key)
-        if lora is None and self.cfg.algorithm_config.beta:
+        if lora is None and self.needs_ref:
             trainable = jax.tree.map(jnp.copy, trainable)  # updates donate the trainable buffers; keep the ref
         if lora is not None:
             trainable = self.place_lora(trainable)
@@ -382,7 +385,7 @@ class Trainer:
             raise _StepAbandoned
 
     def _train(self, progress: bool, profile_steps: tuple[int, int] | None) -> list[dict]:
-        tc, lora, needs_ref = self.train_cfg, self.cfg.lora, bool(self.cfg.algorithm_config.beta)
+        tc, lora, needs_ref = self.train_cfg, self.cfg.lora, self.needs_ref
         manager = train_state.checkpoint_manager(os.path.join(self.workdir, train_state.CHECKPOINT_DIR),
                                                  tc.keep_checkpoints)
         restored_step = manager.latest_step()
