@@ -4,6 +4,16 @@ mean ± 95 % interval: the one command behind every demo number in README, BENCH
     python -m experiments.sweep --gin experiments/configs/demo.gin --gin experiments/configs/demo_d1.gin \
         --seeds 0,1,2,3,4 --out_dir runs/demo_sweep
 
+With `--methods agrpo,diffu_grpo,wd1` (names of `TrainConfig.algorithm`, i.e. of `rl.config.ALGORITHMS`) one
+config is trained once per method instead: the rows are methods, each run `OUT/<method>/seed_<s>`. Each method
+runs the config's model, warm start, task, rollouts (prompts per step, sampler) and optimizer; `method_bindings`
+selects its algorithm and loss config and sets the settings that mean the same thing in every method to the
+config's own: the group size, the loss passes per rollout batch (AGRPO's K timesteps = the masked objectives'
+μ iterations, as demo_d1.gin), the model-call fields (remat, compute dtype, attention) and, where a loss config
+has them, the rollout's length, steps and temperature. Every other loss setting is the method's own (its
+config's defaults: the authors' values, or the config's bindings); `--gin_binding` overrides any of it. Every
+method's configuration is built and checked before anything trains.
+
 Per config (named by its file) and seed, `OUT/<config>/seed_<s>` is a normal run folder (`experiments.run`,
 `TrainConfig.seed = s`, every checkpoint kept). A finished run is not trained again and an interrupted one resumes,
 so re-running the command completes the grid. The runs evaluate on their own `TrainConfig.eval_split` while they
@@ -16,6 +26,7 @@ compiled programs never leak into the next.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +35,8 @@ import sys
 import numpy as np
 
 from dllm_rl import cli, metrics as metrics_lib, paths
+from dllm_rl.rl.config import ALGORITHMS
+from dllm_rl.rl.objective import ForwardConfig
 
 KEEP_EVERY_CHECKPOINT = "dllm_rl.TrainConfig.keep_checkpoints = 1000000"
 
@@ -32,6 +45,8 @@ def parse_args(argv=None):
     p = cli.make_parser(__doc__)
     p.add_argument("--gin", action="append", required=True, help="a config to sweep (repeatable: one row each)")
     p.add_argument("--gin_binding", action="append", default=[], help="binding applied to every config")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated methods to run the one --gin config with (rows), of {', '.join(ALGORITHMS)}")
     p.add_argument("--seeds", required=True, help="comma-separated TrainConfig.seed values, e.g. 0,1,2,3,4")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--test_split", default="test", help="the split each final policy is scored on once")
@@ -40,7 +55,15 @@ def parse_args(argv=None):
     p.add_argument("--eval_batch_size", type=int, default=None,
                    help="experiments.eval --batch_size with per_batch batching (default: the config's "
                         "TrainConfig.eval_batch_size); the batching and rows per device are the config's")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.methods is not None:
+        try:
+            args.methods = parse_methods(args.methods)
+        except ValueError as e:
+            p.error(str(e))
+        if len(args.gin) != 1:
+            p.error(f"--methods runs one config on every method; got {len(args.gin)} --gin files")
+    return args
 
 
 def config_name(gin_file: str) -> str:
@@ -48,15 +71,52 @@ def config_name(gin_file: str) -> str:
 
 
 def run_settings(gin_file: str, bindings: list[str]) -> dict:
-    """What the test evaluation needs from a config: task, prompt style, steps, lengths and the eval batch size."""
+    """What the test evaluation needs from a config: task, prompt style, steps, lengths and the eval batch size
+    (after checking the whole config, model folders aside, so a bad row fails before any row trains)."""
     from experiments.run import parse_config
 
     cfg = parse_config([gin_file], bindings)
+    cfg.validate(check_model=False)
     r = cfg.rollout
     return {"task": cfg.train.task, "prompt_style": cfg.train.prompt_style, "num_steps": cfg.train.num_steps,
             "gen_length": r.gen_length, "block_length": r.block_length, "steps": r.steps,
             "eval_batch_size": cfg.train.eval_batch_size, "eval_batching": cfg.train.eval_batching,
             "eval_rows_per_device": cfg.train.eval_rows_per_device}
+
+
+# Loss-config fields meaning "loss passes per rollout batch" (AGRPO's K timesteps; the masked objectives' μ).
+LOSS_PASS_FIELDS = ("mc_samples", "num_iterations")
+# Loss-config fields that must equal the rollout's (the field of SamplerConfig each one copies).
+ROLLOUT_FIELDS = {"gen_length": "gen_length", "sampling_steps": "steps", "temperature": "temperature"}
+
+
+def parse_methods(methods: str) -> list[str]:
+    """The comma-separated method names, each checked against `rl.config.ALGORITHMS`."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ALGORITHMS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"--methods={methods!r}: {'unknown ' + ', '.join(unknown) if unknown else 'give each once'}; "
+                         f"choose from {', '.join(ALGORITHMS)}")
+    return names
+
+
+def method_bindings(method: str, gin_file: str, bindings: list[str]) -> list[str]:
+    """The gin bindings that run `method` on `gin_file`'s setup (see the module docstring), to be applied before
+    `bindings` (so the user's win)."""
+    from experiments.run import parse_config
+
+    base = parse_config([gin_file], bindings)
+    loss = base.algorithm_config
+    passes = next((getattr(loss, f) for f in LOSS_PASS_FIELDS if hasattr(loss, f)), None)
+    field, config_class = ALGORITHMS[method]
+    name = f"dllm_rl.{config_class.__name__}"
+    own = {f.name for f in dataclasses.fields(config_class)}
+    values = {"num_generations": loss.num_generations,
+              **{f: passes for f in LOSS_PASS_FIELDS if f in own and passes is not None},
+              **{f.name: getattr(loss, f.name) for f in dataclasses.fields(ForwardConfig)},
+              **{f: getattr(base.rollout, r) for f, r in ROLLOUT_FIELDS.items() if f in own}}
+    return [f"experiment.{field} = @{name}()", f"dllm_rl.TrainConfig.algorithm = {method!r}",
+            *(f"{name}.{f} = {v!r}" for f, v in values.items())]
 
 
 def finished(workdir: str, num_steps: int) -> bool:
@@ -106,6 +166,19 @@ def interval(values: list[float]) -> dict:
             "values": [float(v) for v in x]}
 
 
+def methods_markdown(summary: dict, split: str) -> str:
+    """The --methods table: per method the test accuracy after RL (mean ± 95 % interval and every seed's), the
+    warm start's before RL, and the gain."""
+    cell = lambda s: f"{s['mean']:.1f} ± {s['ci95']:.1f}"  # noqa: E731
+    lines = [f"| method | seeds | {split} accuracy after RL % | per seed | before RL % | gain (points) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in summary.items():
+        per_seed = ", ".join(f"{v:.1f}" for v in r["after"]["values"])
+        lines.append(f"| {name} | {len(r['seeds'])} | {cell(r['after'])} | {per_seed} | {cell(r['before'])} "
+                     f"| {cell(r['gain'])} |")
+    return "\n".join(lines) + "\n\n(mean ± half-width of the 95 % Student-t interval over seeds)\n"
+
+
 def markdown(summary: dict, split: str) -> str:
     lines = [f"| config | seeds | {split} accuracy before RL % | after RL % | gain (points) | per-seed gain |",
              "|---|---|---|---|---|---|"]
@@ -136,27 +209,37 @@ def plot(curves: dict, out_path: str) -> None:
     save_figure(fig, out_path)
 
 
+def rows(args) -> list[tuple[str, str, list[str]]]:
+    """(row name, gin file, bindings) per row of the table: one per config, or with --methods one per method."""
+    if args.methods is None:
+        return [(config_name(g), g, args.gin_binding) for g in args.gin]
+    gin_file = args.gin[0]
+    return [(m, gin_file, [*method_bindings(m, gin_file, args.gin_binding), *args.gin_binding]) for m in args.methods]
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    grid = [(name, gin_file, bindings, run_settings(gin_file, bindings)) for name, gin_file, bindings in rows(args)]
     summary, curves = {}, {}
-    for gin_file in args.gin:
-        name, settings = config_name(gin_file), run_settings(gin_file, args.gin_binding)
+    for name, gin_file, bindings, settings in grid:
         batch = args.eval_batch_size or settings["eval_batch_size"]
         before, after, curves[name] = [], [], []
         for seed in seeds:
             workdir = os.path.join(args.out_dir, name, f"seed_{seed}")
-            train(gin_file, args.gin_binding, seed, workdir, settings["num_steps"])
+            train(gin_file, bindings, seed, workdir, settings["num_steps"])
             before.append(test_accuracy(workdir, settings, args.test_split, 0, batch, args.test_examples))
             after.append(test_accuracy(workdir, settings, args.test_split, None, batch, args.test_examples))
             curves[name].append({r["step"]: r["eval_accuracy"] for r in metrics_lib.read_metrics(workdir)
                                  if "eval_accuracy" in r})
         summary[name] = {"seeds": seeds, "before": interval(before), "after": interval(after),
                          "gain": interval([a - b for a, b in zip(after, before)]), "settings": settings}
+        if args.methods is not None:
+            summary[name]["bindings"] = bindings
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    table = markdown(summary, args.test_split)
+    table = (markdown if args.methods is None else methods_markdown)(summary, args.test_split)
     with open(os.path.join(args.out_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(table)
     plot(curves, os.path.join(args.out_dir, "eval_accuracy.png"))

@@ -1,4 +1,4 @@
-"""Tasks (GSM8K, MATH, Countdown, Sudoku; the procedural digit-string tasks `increment` (the CPU demo's) and
+"""Tasks (GSM8K, MATH, Countdown, Sudoku; the procedural digit-string tasks `increment` (the CPU demo's), `add` and
 `reverse`): data, prompts, rewards, metrics.
 
     task = get_task("gsm8k")
@@ -12,7 +12,8 @@
 See README.md in this folder for the reproduced quirks and bounds, docs/reference_quirks.md for the
 reference behaviours reproduced on purpose, and data/README.md for data provenance.
 """
-from dllm_rl.tasks import countdown, gsm8k, increment, math_task, reverse, sudoku  # noqa: F401  (registers the tasks)
+from dllm_rl.tasks import (add, countdown, gsm8k, increment, math_task, reverse,  # noqa: F401  (registers the tasks)
+                           sudoku)
 from dllm_rl.tasks.base import (MAX_COMPLETION_CHARS, PROMPT_STYLES, REWARD_STYLES, RewardBreakdown, Score, Task,
                                 get_task, list_tasks, render_prompt, render_prompts)
 from dllm_rl.tasks.equivalence import warm_up as warm_up_math_verify

@@ -107,7 +107,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> Task:
-    """The task registered as `name` (see `list_tasks()`: countdown, gsm8k, math, reverse, sudoku)."""
+    """The task registered as `name` (see `list_tasks()`: add, countdown, gsm8k, increment, math, reverse, sudoku)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
