@@ -8,6 +8,8 @@ types project-wide, so `with_sharding_constraint` works inside jitted code.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, Mapping, Sequence
@@ -30,7 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
-    ("expert", None),  # MoE experts: map to a mesh axis for expert parallelism (models.moe)
+    ("expert", "fsdp"),  # MoE experts: each fsdp device holds E / fsdp whole experts (models.moe dispatches)
     ("lora_rank", "fsdp"),  # where 'fsdp' is not taken by the factor's other dimension (see lora_shardings)
 )
 
@@ -42,6 +44,25 @@ class MeshConfig:
 
     shape: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+
+
+_RULES = contextvars.ContextVar("dllm_rl_rules", default=DEFAULT_RULES)
+
+
+def current_rules() -> tuple[tuple[str, Any], ...]:
+    """The rules table of the innermost `use_rules` (default: DEFAULT_RULES): what layers that lay out their own
+    activations inside a trace (the MoE dispatch, `models.moe`) read."""
+    return _RULES.get()
+
+
+@contextlib.contextmanager
+def use_rules(rules):
+    """Makes `rules` the table `current_rules` returns while tracing inside the `with` block."""
+    token = _RULES.set(tuple(rules))
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
 
 
 def resolve_shape(spec: Mapping[str, int], num_devices: int) -> dict[str, int]:
