@@ -52,8 +52,8 @@ def test_param_shardings_follow_the_default_rules():
 
 
 def test_family_params_and_expert_parallel_rules():
-    """Another family's tree comes from its config; by default each 'fsdp' device holds whole experts (expert
-    parallelism, `models.moe`), and another rules table puts them elsewhere."""
+    """Another family's tree comes from its config; experts are not split by default, and are (expert parallelism,
+    `models.moe`, which reads the table of `use_rules`) when the rules table maps 'expert' to a mesh axis."""
     from dllm_rl import models
     from dllm_rl.models import moe
     from tests.helpers.family_goldens import FAMILIES_DIR
@@ -61,10 +61,10 @@ def test_family_params_and_expert_parallel_rules():
     config = models.config_from_hf(FAMILIES_DIR / "llada_moe")
     specs = jax.tree.map(lambda s: s.spec, pm.param_shardings(MESH_2x2x2, config))
     assert specs["layers"]["q_norm"] == P(None, None)
-    assert specs["layers"]["expert_ff_proj"] == P(None, "fsdp", None, "tensor")
-    assert specs["layers"]["expert_ff_out"] == P(None, "fsdp", "tensor", None)
+    assert specs["layers"]["expert_ff_proj"] == P(None, None, "fsdp", "tensor")
+    assert specs["layers"]["expert_ff_out"] == P(None, None, "tensor", "fsdp")
     assert specs["layers"]["router"] == P(None, "fsdp", None)
-    assert moe.expert_parallel_axes(MESH_2x2x2) == ("fsdp", ("data", "fsdp"), "tensor")
+    assert moe.expert_parallel_axes(MESH_2x2x2) == (None, ("data", "fsdp"), "tensor")
     rules = tuple(dict(pm.DEFAULT_RULES, expert="data").items())
     expert_parallel = pm.param_shardings(MESH_2x2x2, config, rules=rules)
     assert expert_parallel["layers"]["expert_ff_out"].spec == P(None, "data", "tensor", "fsdp")

@@ -1,8 +1,8 @@
 """Mixture-of-experts FFN (LLaDA-MoE): float32 softmax router over all experts, top-k, grouped dropless dispatch,
 optional shared expert, expert parallelism over a mesh axis.
 
-Letters of docs/shapes.md: E experts, Ek experts chosen per token (top-k), F the expert's MLP width; here also
-N = B·T tokens, A = N·Ek (token, expert) assignments, El the experts one device holds.
+Letters of docs/shapes.md: E experts, Ek experts chosen per token (top-k), F the expert's MLP width, BT the B·T
+tokens flattened, A = BT·Ek (token, expert) assignments, El the experts one device holds.
 
 Routing follows the reference `LLaDAMoESparseMoeBlock`: router logits in the compute dtype, softmax over all
 experts in float32, the top-k probabilities (renormalised only with `norm_topk_prob`; the reference code hard-codes
@@ -16,14 +16,18 @@ the groups, fine at test shapes), and the outputs are unsorted and combined with
 those of the Ek chosen experts per token.
 
 Expert parallelism: expert weights carry the logical axis 'expert' (`param_logical_axes`), which the rules table
-maps to a mesh axis (default 'fsdp', `parallel.mesh.DEFAULT_RULES`). Under a mesh context (`jax.set_mesh`, as the
-trainer's loss programs and `experiments.aot` run) where that axis has more than one device, the routed part runs
-in a `shard_map`: each device holds E / M whole experts (M the axis size); the tokens of the devices along the
-axis are all-gathered, each device runs its own experts on the assignments routed to them (the others' rows fall
-outside its groups and give zero), and the partial outputs are summed back and scattered to their rows
-(`psum_scatter`), as Megatron's all-gather token dispatcher does. That is dropless with static shapes (a device's
-buffer holds all A gathered rows, however routing falls) and moves activations [B·T, D], never expert weights.
-When the 'expert' axis does not split the batch, tokens are already whole on every device and the partial
+maps to a mesh axis. The default table (`parallel.mesh.DEFAULT_RULES`) leaves it unsplit: FSDP shards the experts'
+embedding dimension like every other weight and XLA's SPMD partitioner lays out the grouped dispatch. With 'expert'
+mapped to a mesh axis (e.g. `expert='fsdp'` in `MeshConfig.rules`), under a mesh context (`jax.set_mesh`) and the
+table of `parallel.mesh.use_rules` (`experiments.aot` enters both), the routed part runs in a `shard_map`: each
+device holds El = E / (axis size) whole experts; the tokens of the devices along the axis are all-gathered, each
+device runs its own experts on the assignments routed to them (the others' rows fall outside its groups and give
+zero), and the partial outputs are summed back and scattered to their rows (`psum_scatter`), as Megatron's
+all-gather token dispatcher does. That is dropless with static shapes, so a device's buffer holds all A gathered
+rows whatever the routing: the compiler's cost analysis counts (axis size) times the routed FLOPs of the default
+layout, and the layer's temporaries grow (BENCHMARKS.md, LLaDA-MoE on v5e-8); it pays only where the TPU's ragged
+dot skips the rows past the groups, which is not measured here. It moves activations [B·T, D], never expert
+weights. When the 'expert' axis does not split the batch, tokens are already whole on every device and the partial
 outputs are summed (`psum`). The MLP width may also be split over 'tensor' (partial sums added over it).
 """
 from __future__ import annotations
@@ -92,25 +96,25 @@ def route(moe: MoEConfig, h_BxTxD: jax.Array, router_DxE: jax.Array) -> tuple[ja
     return top_p_BxTxEk.astype(h_BxTxD.dtype), top_i_BxTxEk.astype(jnp.int32)
 
 
-def grouped_experts(x_NxD: jax.Array, weights_NxEk: jax.Array, experts_NxEk: jax.Array, ff_proj_ElxDxF: jax.Array,
+def grouped_experts(x_BTxD: jax.Array, weights_BTxEk: jax.Array, experts_BTxEk: jax.Array, ff_proj_ElxDxF: jax.Array,
                     up_proj_ElxDxF: jax.Array, ff_out_ElxFxD: jax.Array, first_expert=0) -> jax.Array:
-    """Σ_k weight · SwiGLU_expert(x) [N, D] over the assignments to the El experts first_expert..first_expert+El-1
+    """Σ_k weight · SwiGLU_expert(x) [BT, D] over the assignments to the El experts first_expert..first_expert+El-1
     whose weights are given (the other assignments add nothing): sorted by expert, three grouped GEMMs, unsorted."""
-    n, k = experts_NxEk.shape
-    n_local, dt = ff_proj_ElxDxF.shape[0], x_NxD.dtype
-    local_NxEk = experts_NxEk - first_expert
-    is_local_NxEk = (local_NxEk >= 0) & (local_NxEk < n_local)
-    group_A = jnp.where(is_local_NxEk, local_NxEk, n_local).reshape(n * k)  # n_local: no group of this device
+    n, k = experts_BTxEk.shape
+    n_local, dt = ff_proj_ElxDxF.shape[0], x_BTxD.dtype
+    local_BTxEk = experts_BTxEk - first_expert
+    is_local_BTxEk = (local_BTxEk >= 0) & (local_BTxEk < n_local)
+    group_A = jnp.where(is_local_BTxEk, local_BTxEk, n_local).reshape(n * k)  # n_local: no group of this device
     order_A = jnp.argsort(group_A, stable=True)
     sizes_El = jnp.sum(group_A[None, :] == jnp.arange(n_local, dtype=group_A.dtype)[:, None], axis=1,
                        dtype=jnp.int32)
-    x_AxD = jnp.take(x_NxD, order_A // k, axis=0)
+    x_AxD = jnp.take(x_BTxD, order_A // k, axis=0)
     gate_AxF = jax.lax.ragged_dot(x_AxD, ff_proj_ElxDxF.astype(dt), sizes_El)
     up_AxF = jax.lax.ragged_dot(x_AxD, up_proj_ElxDxF.astype(dt), sizes_El)
     y_AxD = jax.lax.ragged_dot(jax.nn.silu(gate_AxF) * up_AxF, ff_out_ElxFxD.astype(dt), sizes_El)
     y_AxD = jnp.where((jnp.take(group_A, order_A) < n_local)[:, None], y_AxD, 0)  # rows past the groups
-    y_NxEkxD = jnp.take(y_AxD, jnp.argsort(order_A), axis=0).reshape(n, k, -1)
-    return jnp.einsum("nkd,nk->nd", y_NxEkxD, jnp.where(is_local_NxEk, weights_NxEk, 0).astype(dt))
+    y_BTxEkxD = jnp.take(y_AxD, jnp.argsort(order_A), axis=0).reshape(n, k, -1)
+    return jnp.einsum("nkd,nk->nd", y_BTxEkxD, jnp.where(is_local_BTxEk, weights_BTxEk, 0).astype(dt))
 
 
 def expert_parallel_axes(mesh, rules=None) -> tuple[str | None, Any, str | None]:

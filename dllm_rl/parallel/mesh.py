@@ -32,7 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
-    ("expert", "fsdp"),  # MoE experts: each fsdp device holds E / fsdp whole experts (models.moe dispatches)
+    ("expert", None),  # MoE experts: a mesh axis here (e.g. "fsdp") splits them, expert-parallel (models.moe)
     ("lora_rank", "fsdp"),  # where 'fsdp' is not taken by the factor's other dimension (see lora_shardings)
 )
 
@@ -57,7 +57,8 @@ def current_rules() -> tuple[tuple[str, Any], ...]:
 
 @contextlib.contextmanager
 def use_rules(rules):
-    """Makes `rules` the table `current_rules` returns while tracing inside the `with` block."""
+    """Makes `rules` the table `current_rules` returns while tracing inside the `with` block. jit's trace cache
+    does not see it: a function traced under one table is not traced again under another (jit it afresh)."""
     token = _RULES.set(tuple(rules))
     try:
         yield
