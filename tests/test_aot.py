@@ -4,6 +4,7 @@ import json
 import jax
 import pytest
 
+from dllm_rl.parallel import mesh as mesh_lib
 from experiments import aot
 
 
@@ -125,3 +126,21 @@ def test_a_program_the_compiler_refuses_is_a_row_that_does_not_fit(monkeypatch):
     status = "INTERNAL"  # any other compiler error is raised
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
         aot.main(argv)
+
+
+def test_moe_layer_program_reports_memory_and_flops_of_one_moe_ffn():
+    """`--programs moe_layer` compiles one MoE FFN (forward and input gradient) at the loss program's activation
+    shape; a dense model has no such program. Compiled here for the CPU (no HBM: `fits` None)."""
+    from dllm_rl import models
+    from experiments.run import parse_config
+    from tests.helpers.family_goldens import FAMILIES_DIR
+
+    cfg = parse_config(["experiments/configs/demo.gin"], [])
+    mesh = mesh_lib.make_mesh({"data": -1}, devices=jax.devices()[:1])
+    setup = aot.make_setup(cfg, models.config_from_hf(FAMILIES_DIR / "llada_moe"), mesh)
+    row, _ = aot.compile_program(setup, "moe_layer", "cpu", None)
+    assert row["program"] == "moe_layer" and row["fits"] is None and row["resident_bytes"] == 0
+    assert row["flops"] > 0 and row["output_bytes"] > 0
+    dense = aot.make_setup(cfg, models.config_from_hf(FAMILIES_DIR / "dream"), mesh)
+    with pytest.raises(ValueError, match="needs an MoE model"):
+        aot.lower_moe_layer(dense)
