@@ -4,7 +4,8 @@ Each parameter carries logical axis names (`models.decoder.param_logical_axes`);
 mesh axes (`data`, `fsdp`, `tensor`), as MaxText's `logical_axis_rules` and big_vision's `sharding.py` do. The
 table is `MeshConfig.rules`: the trainer lays out params, LoRA adapters, optimizer state and batches with it, so
 changing the parallelism strategy is a config change (`dllm_rl.MeshConfig.rules` in gin). Meshes use Auto axis
-types project-wide, so `with_sharding_constraint` works inside jitted code.
+types project-wide, so `with_sharding_constraint` works inside jitted code. Layers that lay out their own
+`shard_map` (the MoE dispatch's expert parallelism) read the table of `use_rules` while they are traced.
 """
 from __future__ import annotations
 
