@@ -78,12 +78,16 @@ def test_grouped_experts_of_a_slice_of_experts_add_up():
     """The dispatch restricted to experts [first, first + El) (what one expert-parallel device runs) sums, over the
     slices, to the dispatch over all experts; assignments outside a slice add nothing."""
     moe, layer, h = _setup(shared=0)
-    x = jnp.asarray(h.reshape(6, D))
-    weights, experts = moe_lib.route(moe, x, jnp.asarray(layer["router"]))
+
+    @jax.jit
+    def whole_and_parts(x, router, kernels):
+        weights, experts = moe_lib.route(moe, x, router)
+        return (moe_lib.grouped_experts(x, weights, experts, *kernels),
+                sum(moe_lib.grouped_experts(x, weights, experts, *[w[s:s + 2] for w in kernels], first_expert=s)
+                    for s in (0, 2, 4)))
+
     kernels = [jnp.asarray(layer[n]) for n in ("expert_ff_proj", "expert_up_proj", "expert_ff_out")]
-    whole = moe_lib.grouped_experts(x, weights, experts, *kernels)
-    parts = sum(moe_lib.grouped_experts(x, weights, experts, *[w[s:s + 2] for w in kernels], first_expert=s)
-                for s in (0, 2, 4))
+    whole, parts = whole_and_parts(jnp.asarray(h.reshape(6, D)), jnp.asarray(layer["router"]), kernels)
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(whole, _reference(moe, layer, h).reshape(6, D), rtol=1e-5, atol=1e-5)
 
