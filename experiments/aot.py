@@ -13,7 +13,9 @@ and the eval sampler. One JSON line per program: per-chip bytes = arguments + te
 that stays resident meanwhile (`resident_bytes`) is within the device's HBM; a program the compiler refuses for
 lack of HBM is a row with `fits` false and the compiler's `error`. Exit status 1 when a program does not fit.
 The model is the checkpoint's config.json when the gin points at one that exists here, else `--model_config`
-(default: LLaDA-8B-Instruct's). FLOPs are not reported: cost analysis counts a loop body once.
+(default: LLaDA-8B-Instruct's; real-shape configs of the other families are in experiments/configs/model_shapes).
+`flops` is the compiler's cost analysis, which counts a loop body once (the layer scan: one layer; the
+sampler's step loop: one step), so it is exact only for loop-free programs such as `moe_layer`.
 
 A device is what JAX lists on a TPU VM of that topology: on v4 a megacore chip (4 devices of 32 GiB on a v4-8;
 `--chip_config default` compiles for libtpu's own default instead, each TensorCore a 16 GiB device). The HBM
@@ -48,6 +50,7 @@ CHIP_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "T
 # TensorCores, 32 GiB), 4 devices on a v4-8. (v5p's default is already one device per chip.)
 DEFAULT_CHIP_CONFIG = {"v4": "megacore"}
 PROGRAMS = ("rollout", "loss", "update", "eval")
+EXTRA_PROGRAMS = ("moe_layer",)  # asked for by name only
 
 
 def topology_options(name: str, chip_config: str | None = None) -> dict:
@@ -219,6 +222,29 @@ def lower_loss(setup: Setup):
                                                                      abstract_key(mesh))
 
 
+def lower_moe_layer(setup: Setup):
+    """One MoE FFN (`models.moe.moe_ffn`) forward and input gradient on the loss program's activations
+    [rollout rows, prompt + completion, D] in the compute dtype, with the first MoE layer's params: the layer's
+    own memory and FLOPs (cost analysis is exact here: no loop)."""
+    from dllm_rl.models import moe as moe_lib
+
+    mc, cfg = setup.model_config, setup.cfg
+    if mc.moe is None:
+        raise ValueError("--programs moe_layer needs an MoE model config (LLaDA-MoE)")
+    group = setup.base["layers"] if "router" in setup.base["layers"] else setup.base["moe_ffn"]
+    layer = {name: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=jax.sharding.NamedSharding(
+        setup.mesh, jax.sharding.PartitionSpec(*a.sharding.spec[1:]))) for name, a in group.items()}
+    dtype = jnp.dtype(cfg.model.dtype)
+    h = batch_array(setup.mesh, setup.rules, (rollout_rows(setup), cfg.train.max_prompt_length + cfg.rollout.gen_length,
+                                              mc.d_model), dtype)
+
+    def layer_vjp(layer, h_BxTxD, cotangent_BxTxD):
+        y_BxTxD, vjp = jax.vjp(lambda x: moe_lib.moe_ffn(mc.moe, x, layer), h_BxTxD)
+        return y_BxTxD, vjp(cotangent_BxTxD)[0]
+
+    return jax.jit(layer_vjp).lower(layer, h, h)
+
+
 def abstract_opt_state(setup: Setup):
     """(optax transformation, abstract optimizer state): every subtree shaped like the trainable params (Adam's
     moments) takes their shardings, as `tx.init` on the placed params gives eagerly; scalars are replicated."""
@@ -250,6 +276,8 @@ def resident_bytes(setup: Setup, name: str) -> int:
     gradient sum (shaped like the trainable params)."""
     if name == "update":
         return 0 if setup.frozen is None else sharded_bytes(setup.frozen)
+    if name == "moe_layer":
+        return 0  # a part of the loss program, not a program of its own
     grad_sum = sharded_bytes(setup.trainable) if name != "eval" and setup.cfg.train.grad_accum > 1 else 0
     return sharded_bytes(abstract_opt_state(setup)[1]) + grad_sum
 
@@ -273,14 +301,16 @@ def lower_program(setup: Setup, name: str):
         return lower_sampler(setup, cfg.rollout, rollout_rows(setup))
     if name == "eval":
         return lower_sampler(setup, cfg.eval_sampler or greedy(cfg.rollout), *eval_shape(setup))
-    return {"loss": lower_loss, "update": lower_update}[name](setup)
+    return {"loss": lower_loss, "update": lower_update, "moe_layer": lower_moe_layer}[name](setup)
 
 
 def compile_program(setup: Setup, name: str, topology: str, hbm: int | None) -> tuple[dict, str]:
     """(result row, compiled HLO text) of one program; `fits` is None when the device memory is unknown (`hbm`
     None: a CPU)."""
     t0 = time.perf_counter()
-    with jax.set_mesh(setup.mesh):  # the mesh context kernels that need a shard_map read (models.tpu_attention)
+    # the mesh context and rules table that layers laying out their own shard_map read (models.tpu_attention,
+    # models.moe)
+    with jax.set_mesh(setup.mesh), mesh_lib.use_rules(setup.rules):
         compiled = lower_program(setup, name).compile()
     seconds = time.perf_counter() - t0
     mem = per_chip_bytes(compiled)
@@ -291,7 +321,8 @@ def compile_program(setup: Setup, name: str, topology: str, hbm: int | None) -> 
            "fits": None if hbm is None else mem["per_chip_bytes"] + resident <= hbm,
            "compile_seconds": round(seconds, 1),
            **{k: v for k, v in mem.items() if k != "per_chip_bytes"}, "resident_bytes": resident,
-           "param_bytes_per_chip": sharded_bytes(setup.base)}
+           "param_bytes_per_chip": sharded_bytes(setup.base),
+           "flops": (compiled.cost_analysis() or {}).get("flops")}
     if name in ("rollout", "eval"):
         row["vocab_sorts"] = len(vocab_sorts(hlo, setup.model_config.embedding_size))
     return row, hlo
@@ -319,7 +350,9 @@ def parse_args(argv=None):
                    help="override MeshConfig.shape, e.g. data=1,fsdp=8,tensor=1")
     p.add_argument("--model_config", default=str(LLADA_8B_META_DIR / "config.json"),
                    help="model config.json when the gin's checkpoint does not exist here (default: LLaDA-8B)")
-    p.add_argument("--programs", default=",".join(PROGRAMS), help=f"comma-separated subset of {PROGRAMS}")
+    p.add_argument("--programs", default=",".join(PROGRAMS),
+                   help=f"comma-separated subset of {PROGRAMS + EXTRA_PROGRAMS} (moe_layer: one MoE FFN, forward and "
+                        "input gradient, at the loss program's activation shape)")
     p.add_argument("--hlo_dir", default=None, help="write each program's compiled HLO text here")
     return p.parse_args(argv)
 

@@ -143,3 +143,20 @@ def test_the_loss_of_a_registered_objective_lowers_from_its_unit_like(algorithm,
     args = aot.lower_loss(setup).args_info[0]
     rows = cfg.tracerl.row_batch_size if algorithm == "tracerl" else cfg.train.prompts_per_micro_batch * 8
     assert args[2].completion_ids.shape == (rows, cfg.rollout.gen_length)
+
+
+def test_moe_layer_program_reports_memory_and_flops_of_one_moe_ffn():
+    """`--programs moe_layer` compiles one MoE FFN (forward and input gradient) at the loss program's activation
+    shape; a dense model has no such program. Compiled here for the CPU (no HBM: `fits` None)."""
+    from dllm_rl import models
+    from tests.helpers.family_goldens import FAMILIES_DIR
+
+    cfg = parse_config([DEMO], [])
+    mesh = mesh_lib.make_mesh({"data": -1}, devices=jax.devices()[:1])
+    setup = aot.make_setup(cfg, models.config_from_hf(FAMILIES_DIR / "llada_moe"), mesh)
+    row, _ = aot.compile_program(setup, "moe_layer", "cpu", None)
+    assert row["program"] == "moe_layer" and row["fits"] is None and row["resident_bytes"] == 0
+    assert row["flops"] > 0 and row["output_bytes"] > 0
+    dense = aot.make_setup(cfg, models.config_from_hf(FAMILIES_DIR / "dream"), mesh)
+    with pytest.raises(ValueError, match="needs an MoE model"):
+        aot.lower_moe_layer(dense)

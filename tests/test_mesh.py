@@ -52,19 +52,25 @@ def test_param_shardings_follow_the_default_rules():
 
 
 def test_family_params_and_expert_parallel_rules():
-    """Another family's tree comes from its config; experts are replicated by default and split over a mesh
-    axis when the rules table maps 'expert' to one (expert parallelism)."""
+    """Another family's tree comes from its config; experts are not split by default, and are (expert parallelism,
+    `models.moe`, which reads the table of `use_rules`) when the rules table maps 'expert' to a mesh axis."""
     from dllm_rl import models
+    from dllm_rl.models import moe
     from tests.helpers.family_goldens import FAMILIES_DIR
 
     config = models.config_from_hf(FAMILIES_DIR / "llada_moe")
     specs = jax.tree.map(lambda s: s.spec, pm.param_shardings(MESH_2x2x2, config))
     assert specs["layers"]["q_norm"] == P(None, None)
     assert specs["layers"]["expert_ff_proj"] == P(None, None, "fsdp", "tensor")
+    assert specs["layers"]["expert_ff_out"] == P(None, None, "tensor", "fsdp")
     assert specs["layers"]["router"] == P(None, "fsdp", None)
+    assert moe.expert_parallel_axes(MESH_2x2x2) == (None, ("data", "fsdp"), "tensor")
     rules = tuple(dict(pm.DEFAULT_RULES, expert="data").items())
     expert_parallel = pm.param_shardings(MESH_2x2x2, config, rules=rules)
     assert expert_parallel["layers"]["expert_ff_out"].spec == P(None, "data", "tensor", "fsdp")
+    with pm.use_rules(rules):
+        assert moe.expert_parallel_axes(MESH_2x2x2) == ("data", ("data", "fsdp"), "tensor")
+    assert pm.current_rules() == pm.DEFAULT_RULES
 
 
 def test_a_rules_table_changes_the_layout():

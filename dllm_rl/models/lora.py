@@ -10,8 +10,8 @@ o_proj, gate_proj, up_proj, down_proj in the Qwen-style families. Per family:
 - LLaDA-MoE: the attention projections of every layer; ff_proj / up_proj / ff_out adapt the dense FFN layers only
   (wherever `moe_layer_freq` has them; a model whose every layer is MoE has none, and naming them is an error);
   shared_ff_proj / shared_up_proj / shared_ff_out adapt the shared expert, which every token of an MoE layer runs.
-  Not adapted: the routed experts' kernels (a per-expert adapter needs an expert-batched low-rank path inside
-  `moe.moe_ffn`'s einsums, and E times the adapter parameters) and the router (its output picks the top-k experts:
+  Not adapted: the routed experts' kernels (a per-expert adapter needs a grouped low-rank path inside
+  `moe.grouped_experts`' grouped GEMMs, and E times the adapter parameters) and the router (its output picks the top-k experts:
   an adapter there would change which experts each token runs; frozen, the base model's routing is kept).
 `check_targets` tells, from a model config alone, whether a LoRAConfig fits that family (before weights load).
 Each adapter holds A [.., in, r] and B [.., r, out] (stacked over layers like the kernels), initialised as PEFT does

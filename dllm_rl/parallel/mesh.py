@@ -4,10 +4,13 @@ Each parameter carries logical axis names (`models.decoder.param_logical_axes`);
 mesh axes (`data`, `fsdp`, `tensor`), as MaxText's `logical_axis_rules` and big_vision's `sharding.py` do. The
 table is `MeshConfig.rules`: the trainer lays out params, LoRA adapters, optimizer state and batches with it, so
 changing the parallelism strategy is a config change (`dllm_rl.MeshConfig.rules` in gin). Meshes use Auto axis
-types project-wide, so `with_sharding_constraint` works inside jitted code.
+types project-wide, so `with_sharding_constraint` works inside jitted code. Layers that lay out their own
+`shard_map` (the MoE dispatch's expert parallelism) read the table of `use_rules` while they are traced.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, Mapping, Sequence
@@ -30,7 +33,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
-    ("expert", None),  # MoE experts: map to a mesh axis for expert parallelism (models.moe)
+    ("expert", None),  # MoE experts: a mesh axis here (e.g. "fsdp") splits them, expert-parallel (models.moe)
     ("lora_rank", "fsdp"),  # where 'fsdp' is not taken by the factor's other dimension (see lora_shardings)
 )
 
@@ -42,6 +45,26 @@ class MeshConfig:
 
     shape: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+
+
+_RULES = contextvars.ContextVar("dllm_rl_rules", default=DEFAULT_RULES)
+
+
+def current_rules() -> tuple[tuple[str, Any], ...]:
+    """The rules table of the innermost `use_rules` (default: DEFAULT_RULES): what layers that lay out their own
+    activations inside a trace (the MoE dispatch, `models.moe`) read."""
+    return _RULES.get()
+
+
+@contextlib.contextmanager
+def use_rules(rules):
+    """Makes `rules` the table `current_rules` returns while tracing inside the `with` block. jit's trace cache
+    does not see it: a function traced under one table is not traced again under another (jit it afresh)."""
+    token = _RULES.set(tuple(rules))
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
 
 
 def resolve_shape(spec: Mapping[str, int], num_devices: int) -> dict[str, int]:
