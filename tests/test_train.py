@@ -45,6 +45,8 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
      "must equal the rollout's"),
     ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
      "dllm_rl.TrainConfig.scale_rewards_by_std = True", "scale_rewards_by_std = False"),
+    ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
+     "dllm_rl.TrainConfig.leave_one_out_advantages = True", "leave_one_out_advantages = False"),
     ("experiment.spg = @dllm_rl.SPGConfig()\ndllm_rl.TrainConfig.algorithm = 'spg'", "must divide the rollout's"),
     ("dllm_rl.TrainConfig.leave_one_out_advantages = True\ndllm_rl.AGRPOConfig.num_generations = 1",
      "leave_one_out_advantages needs num_generations"),

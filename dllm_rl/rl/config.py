@@ -243,6 +243,8 @@ class ExperimentConfig:
                              f"steps {self.rollout.steps} (it bounds the trace's distinct steps)")
         if self.train.algorithm == "dmpo" and self.train.scale_rewards_by_std:
             raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.scale_rewards_by_std = False")
+        if self.train.algorithm == "dmpo" and self.train.leave_one_out_advantages:
+            raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.leave_one_out_advantages = False")
         if self.train.leave_one_out_advantages and self.num_generations < 2:
             raise TrainError(f"TrainConfig.leave_one_out_advantages needs num_generations ≥ 2, got "
                              f"{self.num_generations}")
