@@ -45,11 +45,7 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
      "must equal the rollout's"),
     ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
      "dllm_rl.TrainConfig.scale_rewards_by_std = True", "scale_rewards_by_std = False"),
-    ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
-     "dllm_rl.TrainConfig.leave_one_out_advantages = True", "leave_one_out_advantages = False"),
     ("experiment.spg = @dllm_rl.SPGConfig()\ndllm_rl.TrainConfig.algorithm = 'spg'", "must divide the rollout's"),
-    ("dllm_rl.TrainConfig.leave_one_out_advantages = True\ndllm_rl.AGRPOConfig.num_generations = 1",
-     "leave_one_out_advantages needs num_generations"),
 ])
 def test_bad_setups_fail_before_compiling(binding, message, tmp_path):
     cfg = parse_config([DEMO], [binding])
@@ -334,15 +330,16 @@ def test_tracerl_trains_on_the_recorded_trace_rows_in_order(tmp_path, monkeypatc
 
 
 def test_espo_trains_with_leave_one_out_advantages_and_old_ref_elbos_under_its_mask_keys(tmp_path, monkeypatch):
-    """TrainConfig.algorithm = 'espo': the trainer asks for leave-one-out advantages; update i of a micro-batch uses
+    """TrainConfig.algorithm = 'espo': the trainer asks for leave-one-out advantages (ESPOConfig.leave_one_out's
+    default); update i of a micro-batch uses
     its own mask key i, under which the rollout policy's and the reference's ELBOs were computed on the same rows,
     so the first update (policy = rollout policy = reference: LoRA B = 0) has ρ = 1 and KL 0; the adapters move."""
     summaries = _fixed_advantages(monkeypatch)
     calls = _record_gradient_calls(monkeypatch)
     cfg = parse_config([DEMO], ONE_STEP + [
         "experiment.espo = @dllm_rl.ESPOConfig()", "dllm_rl.TrainConfig.algorithm = 'espo'",
-        "dllm_rl.TrainConfig.leave_one_out_advantages = True", "dllm_rl.ESPOConfig.num_generations = 4",
-        "dllm_rl.ESPOConfig.num_iterations = 2", "dllm_rl.ESPOConfig.num_mc = 1", "dllm_rl.ESPOConfig.beta = 0.1"])
+        "dllm_rl.ESPOConfig.num_generations = 4", "dllm_rl.ESPOConfig.num_iterations = 2",
+        "dllm_rl.ESPOConfig.num_mc = 1", "dllm_rl.ESPOConfig.beta = 0.1"])
     trainer = Trainer(cfg, tmp_path)
     before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
     (row,) = trainer.train(progress=False)

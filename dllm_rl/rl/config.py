@@ -97,9 +97,9 @@ class TrainConfig:
     with `eval_batching='per_batch'`, of `eval_batch_size` examples padded to their longest prompt (the reference
     scripts' way; `rl.evaluate.Batching`).
 
-    Advantages (`rl.advantages.group_advantages`): each reward minus its group's mean, or with
-    `leave_one_out_advantages` minus the mean of the group's other rewards (ESPO's baseline); divided by the group
-    std (+1e-4) with `scale_rewards_by_std`.
+    Advantages (`rl.advantages.group_advantages`): each reward minus its group's mean (minus the mean of the
+    group's other rewards where the loss config says so: `ExperimentConfig.leave_one_out_advantages`), divided by
+    the group std (+1e-4) with `scale_rewards_by_std`.
 
     Defaults follow the released GSM8K train.yaml (lr 5e-6 cosine, warmup 1 %, AdamW β=(0.9, 0.99), weight
     decay 0.01, clip 1.0, 2 micro-batches of one prompt group each per step, seed 333).
@@ -136,7 +136,6 @@ class TrainConfig:
     sft_batch_size: int = 32
     sft_learning_rate: float = 1e-3
     scale_rewards_by_std: bool = False
-    leave_one_out_advantages: bool = False
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -184,6 +183,12 @@ class ExperimentConfig:
         """The in-run evaluation's `rl.evaluate.Batching`."""
         tc = self.train
         return eval_lib.Batching(mode=tc.eval_batching, rows_per_device=tc.eval_rows_per_device, batch_size=tc.eval_batch_size)
+
+    @property
+    def leave_one_out_advantages(self) -> bool:
+        """Whether the advantages subtract the mean of the group's other rewards: the loss config's `leave_one_out`
+        (ESPO's baseline, its default), else False (the group mean)."""
+        return bool(getattr(self.algorithm_config, "leave_one_out", False))
 
     @property
     def num_generations(self) -> int:
@@ -243,11 +248,6 @@ class ExperimentConfig:
                              f"steps {self.rollout.steps} (it bounds the trace's distinct steps)")
         if self.train.algorithm == "dmpo" and self.train.scale_rewards_by_std:
             raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.scale_rewards_by_std = False")
-        if self.train.algorithm == "dmpo" and self.train.leave_one_out_advantages:
-            raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.leave_one_out_advantages = False")
-        if self.train.leave_one_out_advantages and self.num_generations < 2:
-            raise TrainError(f"TrainConfig.leave_one_out_advantages needs num_generations ≥ 2, got "
-                             f"{self.num_generations}")
         if self.train.algorithm == "spg":
             length, block, num_t = self.rollout.gen_length, self.spg.block_length, self.spg.num_t
             if length % block or num_t > length // block:

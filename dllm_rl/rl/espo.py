@@ -52,8 +52,9 @@ class ESPOConfig(ForwardConfig):
     """ESPO settings (defaults: ESPO's recipes/train.yaml); the model-call fields come from `ForwardConfig`.
 
     `num_mc`: complementary mask pairs per ELBO. `prompt_keep_last` keeps each prompt's last N tokens (TRL's left
-    truncation at `max_prompt_length`). ESPO's advantages are the trainer's: `TrainConfig.leave_one_out_advantages`
-    (ESPO's baseline) and `TrainConfig.scale_rewards_by_std` (train.yaml's `scale_rewards`).
+    truncation at `max_prompt_length`). `leave_one_out` (ESPO's code, default True): the trainer's advantages
+    subtract the mean of the group's other rewards (False: the group mean); train.yaml's `scale_rewards` is
+    `TrainConfig.scale_rewards_by_std`.
     """
 
     num_iterations: int = 2
@@ -62,6 +63,7 @@ class ESPOConfig(ForwardConfig):
     beta: float = 0.01
     num_generations: int = 10
     prompt_keep_last: int | None = None
+    leave_one_out: bool = True
 
     def __post_init__(self):
         if self.num_iterations < 1 or self.num_mc < 1:

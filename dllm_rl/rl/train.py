@@ -225,7 +225,7 @@ class Trainer:
                                                            self.model_config.eos_token_id), rows, ids.shape[0])
         advantages, info = rewards.batch_summary(table, names, self.group, self.train_cfg.scale_rewards_by_std,
                                                  has_entropy=entropy is not None,
-                                                 leave_one_out=self.train_cfg.leave_one_out_advantages)
+                                                 leave_one_out=self.cfg.leave_one_out_advantages)
         info["rollout_seconds"] = seconds
         info["generated_tokens"] = float(ids.shape[0] * completion.shape[1])
         return ids, mask, rollout, self.place_batch(advantages), info
