@@ -39,3 +39,6 @@ def test_table_and_batch_summary_match_numpy():
     assert info["reward/timeouts"] == 1.0 and info["completion_length"] == pytest.approx(7 / 4)
     assert info["entropy"] == pytest.approx(summed.sum() / 7)
     assert "entropy" not in rewards.batch_summary(table, names, 2, False, has_entropy=False)[1]
+    # ESPO's leave-one-out baseline: r_i minus the other rewards' mean (with G = 2, the other reward).
+    loo, _ = rewards.batch_summary(table, names, 2, False, has_entropy=False, leave_one_out=True)
+    np.testing.assert_allclose(loo, [1.0, -1.0, -2.5, 2.5], rtol=1e-6)

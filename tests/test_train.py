@@ -45,6 +45,7 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
      "must equal the rollout's"),
     ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
      "dllm_rl.TrainConfig.scale_rewards_by_std = True", "scale_rewards_by_std = False"),
+    ("experiment.spg = @dllm_rl.SPGConfig()\ndllm_rl.TrainConfig.algorithm = 'spg'", "must divide the rollout's"),
 ])
 def test_bad_setups_fail_before_compiling(binding, message, tmp_path):
     cfg = parse_config([DEMO], [binding])
@@ -247,17 +248,33 @@ def test_wd1_runs_through_the_masked_objective_path_and_moves_the_params(tmp_pat
     assert max(jax.tree.leaves(moved)) > 0
 
 
-def _fixed_advantages(monkeypatch):
-    """The untrained demo model earns no reward: give the groups fixed nonzero advantages."""
+def _fixed_advantages(monkeypatch) -> list[dict]:
+    """The untrained demo model earns no reward: give the groups fixed nonzero advantages. Returns the keyword
+    arguments of every `batch_summary` call."""
     from dllm_rl.rl import train as train_lib
 
-    summary = train_lib.rewards.batch_summary
+    summary, calls = train_lib.rewards.batch_summary, []
 
     def fixed_advantages(table, *args, **kwargs):
+        calls.append(kwargs)
         advantages, info = summary(table, *args, **kwargs)
         return np.resize(np.float32([1.0, -1.0, 0.5, -0.5]), advantages.shape), info
 
     monkeypatch.setattr(train_lib.rewards, "batch_summary", fixed_advantages)
+    return calls
+
+
+def _record_gradient_calls(monkeypatch) -> list[tuple]:
+    """Records (mask key, old, ref, metrics) of every `steps.masked_grads` call."""
+    calls, masked_grads = [], steps.masked_grads
+
+    def recording(trainable, frozen, batch, rng, old, ref, *args, **kwargs):
+        out = masked_grads(trainable, frozen, batch, rng, old, ref, *args, **kwargs)
+        calls.append((rng, old, ref, {k: float(v) for k, v in out[2].items()}))
+        return out
+
+    monkeypatch.setattr(steps, "masked_grads", recording)
+    return calls
 
 
 ONE_STEP = SMALL + ["dllm_rl.TrainConfig.sft_steps = 0", "dllm_rl.TrainConfig.grad_accum = 1",
@@ -310,6 +327,50 @@ def test_tracerl_trains_on_the_recorded_trace_rows_in_order(tmp_path, monkeypatc
     assert row["trace_rows"] == 8 * 4  # 2 prompts × G=4, 8 steps merged by 2: every row scores a token
     assert len(updates) == -(-(-(-row["trace_rows"] // 4)) // 3)
     assert not trainer.needs_ref and _moved(trainer, before) > 0
+
+
+def test_espo_trains_with_leave_one_out_advantages_and_old_ref_elbos_under_its_mask_keys(tmp_path, monkeypatch):
+    """TrainConfig.algorithm = 'espo': the trainer asks for leave-one-out advantages (ESPOConfig.leave_one_out's
+    default); update i of a micro-batch uses
+    its own mask key i, under which the rollout policy's and the reference's ELBOs were computed on the same rows,
+    so the first update (policy = rollout policy = reference: LoRA B = 0) has ρ = 1 and KL 0; the adapters move."""
+    summaries = _fixed_advantages(monkeypatch)
+    calls = _record_gradient_calls(monkeypatch)
+    cfg = parse_config([DEMO], ONE_STEP + [
+        "experiment.espo = @dllm_rl.ESPOConfig()", "dllm_rl.TrainConfig.algorithm = 'espo'",
+        "dllm_rl.ESPOConfig.num_generations = 4", "dllm_rl.ESPOConfig.num_iterations = 2",
+        "dllm_rl.ESPOConfig.num_mc = 1", "dllm_rl.ESPOConfig.beta = 0.1"])
+    trainer = Trainer(cfg, tmp_path)
+    before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
+    (row,) = trainer.train(progress=False)
+    keys = ("loss", "ratio_mean", "clip_ratio", "kl", "grad_norm")
+    assert all(np.isfinite(row[k]) for k in keys) and row["grad_norm"] > 0, {k: row[k] for k in keys}
+    assert [c.get("leave_one_out") for c in summaries] == [True] and trainer.needs_ref
+    (key0, old0, ref0, first), (key1, old1, ref1, _) = calls
+    assert old0.shape == ref0.shape == (8,) and not np.array_equal(key0, key1)  # draw (m, i): each key once
+    assert abs(first["ratio_mean"] - 1) < 1e-5 and first["kl"] < 1e-8, first
+    assert _moved(trainer, before) > 0
+
+
+def test_spg_trains_with_d1s_mask_order_and_no_old_or_ref_quantities(tmp_path, monkeypatch):
+    """TrainConfig.algorithm = 'spg': μ sandwich updates on the rollouts, no old or reference quantities (nor a
+    reference model); with d1_accumulation_steps = 2 and μ = 2 the one micro-batch uses the same mask key in both
+    updates (d1's order, `diffu_grpo.mask_index`); finite ELBO/EUBO metrics; the adapters move."""
+    summaries = _fixed_advantages(monkeypatch)
+    calls = _record_gradient_calls(monkeypatch)
+    cfg = parse_config([DEMO], ONE_STEP + [
+        "experiment.spg = @dllm_rl.SPGConfig()", "dllm_rl.TrainConfig.algorithm = 'spg'",
+        "dllm_rl.SPGConfig.num_generations = 4", "dllm_rl.SPGConfig.num_iterations = 2",
+        "dllm_rl.SPGConfig.block_length = 4", "dllm_rl.SPGConfig.d1_accumulation_steps = 2"])
+    trainer = Trainer(cfg, tmp_path)
+    before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
+    (row,) = trainer.train(progress=False)
+    keys = ("loss", "elbo", "eubo", "seq_logp", "grad_norm")
+    assert all(np.isfinite(row[k]) for k in keys) and row["grad_norm"] > 0, {k: row[k] for k in keys}
+    assert [c.get("leave_one_out") for c in summaries] == [False] and not trainer.needs_ref
+    (key0, old0, ref0, _), (key1, old1, ref1, _) = calls
+    assert old0 is old1 is ref0 is ref1 is None and np.array_equal(key0, key1)
+    assert _moved(trainer, before) > 0
 
 
 def test_lora_run_samples_the_trained_policy_and_exports_its_adapters(tmp_path):

@@ -13,7 +13,7 @@ from dllm_rl import paths
 from dllm_rl.checkpoint import load_model
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from dllm_rl.rl import agrpo, diffu_grpo, dmpo, evaluate as eval_lib, tracerl, wd1
+from dllm_rl.rl import agrpo, diffu_grpo, dmpo, espo, evaluate as eval_lib, spg, tracerl, wd1
 from dllm_rl.sampling import SamplerConfig
 from dllm_rl.tasks import get_task
 
@@ -21,9 +21,10 @@ from dllm_rl.tasks import get_task
 # algorithm but AGRPO trains through `rl.steps.MASKED_OBJECTIVES` (rollouts prepared once, then their updates).
 ALGORITHMS = {"agrpo": ("agrpo", agrpo.AGRPOConfig), "diffu_grpo": ("diffu_grpo", diffu_grpo.DiffuGRPOConfig),
               "wd1": ("wd1", wd1.WD1Config), "dmpo": ("dmpo", dmpo.DMPOConfig),
-              "tracerl": ("tracerl", tracerl.TraceRLConfig)}
+              "tracerl": ("tracerl", tracerl.TraceRLConfig), "espo": ("espo", espo.ESPOConfig),
+              "spg": ("spg", spg.SPGConfig)}
 LossConfig = (agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | wd1.WD1Config | dmpo.DMPOConfig
-              | tracerl.TraceRLConfig)
+              | tracerl.TraceRLConfig | espo.ESPOConfig | spg.SPGConfig)
 
 
 class TrainError(ValueError):
@@ -96,6 +97,10 @@ class TrainConfig:
     with `eval_batching='per_batch'`, of `eval_batch_size` examples padded to their longest prompt (the reference
     scripts' way; `rl.evaluate.Batching`).
 
+    Advantages (`rl.advantages.group_advantages`): each reward minus its group's mean (minus the mean of the
+    group's other rewards where the loss config says so: `ExperimentConfig.leave_one_out_advantages`), divided by
+    the group std (+1e-4) with `scale_rewards_by_std`.
+
     Defaults follow the released GSM8K train.yaml (lr 5e-6 cosine, warmup 1 %, AdamW β=(0.9, 0.99), weight
     decay 0.01, clip 1.0, 2 micro-batches of one prompt group each per step, seed 333).
     """
@@ -163,6 +168,8 @@ class ExperimentConfig:
     wd1: wd1.WD1Config | None = None
     dmpo: dmpo.DMPOConfig | None = None
     tracerl: tracerl.TraceRLConfig | None = None
+    espo: espo.ESPOConfig | None = None
+    spg: spg.SPGConfig | None = None
     lora: lora_lib.LoRAConfig | None = None
     mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
 
@@ -176,6 +183,12 @@ class ExperimentConfig:
         """The in-run evaluation's `rl.evaluate.Batching`."""
         tc = self.train
         return eval_lib.Batching(mode=tc.eval_batching, rows_per_device=tc.eval_rows_per_device, batch_size=tc.eval_batch_size)
+
+    @property
+    def leave_one_out_advantages(self) -> bool:
+        """Whether the advantages subtract the mean of the group's other rewards: the loss config's `leave_one_out`
+        (ESPO's baseline, its default), else False (the group mean)."""
+        return bool(getattr(self.algorithm_config, "leave_one_out", False))
 
     @property
     def num_generations(self) -> int:
@@ -235,9 +248,14 @@ class ExperimentConfig:
                              f"steps {self.rollout.steps} (it bounds the trace's distinct steps)")
         if self.train.algorithm == "dmpo" and self.train.scale_rewards_by_std:
             raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.scale_rewards_by_std = False")
+        if self.train.algorithm == "spg":
+            length, block, num_t = self.rollout.gen_length, self.spg.block_length, self.spg.num_t
+            if length % block or num_t > length // block:
+                raise TrainError(f"SPGConfig.block_length={block} must divide the rollout's gen_length {length} into "
+                                 f"at least num_t={num_t} blocks")
         if self.train.algorithm == "agrpo" and self.lora is not None and self.lora.dropout > 0:
-            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO, wd1, DMPO and "
-                             "TraceRL; AGRPO's loss re-scores the sampling policy exactly, so set "
+            raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO, wd1, DMPO, "
+                             "TraceRL, ESPO and SPG; AGRPO's loss re-scores the sampling policy exactly, so set "
                              "LoRAConfig.dropout = 0 for AGRPO runs")
         self.rollout.validate()
         if self.rollout.temperature <= 0:

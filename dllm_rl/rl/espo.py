@@ -51,8 +51,10 @@ ESPOBatch = DiffuGRPOBatch  # completion_mask is not used: ESPO scores every com
 class ESPOConfig(ForwardConfig):
     """ESPO settings (defaults: ESPO's recipes/train.yaml); the model-call fields come from `ForwardConfig`.
 
-    `num_mc`: complementary mask pairs per ELBO. `scale_rewards`: divide the leave-one-out advantages by the group
-    std (+1e-4), for the trainer's `group_advantages` call.
+    `num_mc`: complementary mask pairs per ELBO. `prompt_keep_last` keeps each prompt's last N tokens (TRL's left
+    truncation at `max_prompt_length`). `leave_one_out` (ESPO's code, default True): the trainer's advantages
+    subtract the mean of the group's other rewards (False: the group mean); train.yaml's `scale_rewards` is
+    `TrainConfig.scale_rewards_by_std`.
     """
 
     num_iterations: int = 2
@@ -60,7 +62,8 @@ class ESPOConfig(ForwardConfig):
     epsilon: float = 0.2
     beta: float = 0.01
     num_generations: int = 10
-    scale_rewards: bool = False
+    prompt_keep_last: int | None = None
+    leave_one_out: bool = True
 
     def __post_init__(self):
         if self.num_iterations < 1 or self.num_mc < 1:
@@ -71,6 +74,8 @@ class ESPOConfig(ForwardConfig):
                              f"{self.num_generations}")
         if not 0.0 <= self.epsilon < 1.0:
             raise ValueError(f"ESPOConfig.epsilon must be in [0, 1), got {self.epsilon}")
+        if self.prompt_keep_last is not None and self.prompt_keep_last < 1:
+            raise ValueError(f"ESPOConfig.prompt_keep_last must be None or ≥ 1, got {self.prompt_keep_last}")
         super().__post_init__()
 
 

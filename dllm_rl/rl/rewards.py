@@ -29,11 +29,12 @@ def reward_table(breakdowns: Sequence[RewardBreakdown], names: Sequence[str], co
 
 
 def batch_summary(table: np.ndarray, names: Sequence[str], group: int, scale_by_std: bool,
-                  has_entropy: bool) -> tuple[np.ndarray, dict[str, float]]:
+                  has_entropy: bool, leave_one_out: bool = False) -> tuple[np.ndarray, dict[str, float]]:
     """(advantages [B] float32, metrics) of the whole batch's `reward_table`: group-centred rewards
-    (`advantages.group_advantages`), the mean of each component, the timeout count, the mean completion length
-    and the entropy per generated token."""
-    advantages_B, stats = group_advantages(jnp.asarray(table[:, 0].astype(np.float32)), group, scale_by_std)
+    (`advantages.group_advantages`, with `leave_one_out` the mean of the group's other rewards as baseline), the
+    mean of each component, the timeout count, the mean completion length and the entropy per generated token."""
+    advantages_B, stats = group_advantages(jnp.asarray(table[:, 0].astype(np.float32)), group, scale_by_std,
+                                           leave_one_out)
     info = {k: float(v) for k, v in stats.items()}
     for i, name in enumerate(names):
         info[f"reward/{name}"] = float(np.mean(table[:, 1 + i]))

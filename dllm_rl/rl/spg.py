@@ -32,7 +32,7 @@ for tokens with π^β below float32's range and then drops them; identical other
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,12 @@ class SPGConfig(ForwardConfig):
 
     `mask_clean_blocks` (SPG's behaviour, default True): the `p_mask_prompt` masking also hits the clean
     completion blocks before the drawn block, not only the prompt; False masks only the prompt.
+    `prompt_keep_last` and `d1_accumulation_steps` reproduce the trainer SPG shares with d1 (`DiffuGRPOConfig`).
     """
+
+    # SPG has no KL term (it rejects β ≠ 0), so no reference policy is kept (the trainer reads `beta` of every
+    # objective).
+    beta: ClassVar[float] = 0.0
 
     num_iterations: int = 4
     num_generations: int = 6
@@ -68,6 +73,8 @@ class SPGConfig(ForwardConfig):
     eubo_beta: float = 1.5
     mix_weight: float = 0.5
     mask_clean_blocks: bool = True
+    prompt_keep_last: int | None = None
+    d1_accumulation_steps: int | None = None
 
     def __post_init__(self):
         if self.logp_estimation not in ESTIMATIONS:
@@ -81,6 +88,9 @@ class SPGConfig(ForwardConfig):
             raise ValueError(f"SPGConfig.p_mask_prompt must be in [0, 1], got {self.p_mask_prompt}")
         if self.eubo_beta <= 0:
             raise ValueError(f"SPGConfig.eubo_beta must be > 0, got {self.eubo_beta}")
+        for name in ("prompt_keep_last", "d1_accumulation_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"SPGConfig.{name} must be None or ≥ 1, got {getattr(self, name)}")
         super().__post_init__()
 
 

@@ -1,6 +1,6 @@
 """The jitted step functions of the trainer: per-micro-batch gradients (AGRPO; the objectives of `MASKED_OBJECTIVES`:
-d1's diffu-GRPO, wd1, DMPO, TraceRL, with their rollout-time preparation), the optimizer update, the SFT update,
-and the sampler's view of the policy params (the unmerged LoRA path).
+d1's diffu-GRPO, wd1, DMPO, TraceRL, ESPO, SPG, with their rollout-time preparation), the optimizer update, the SFT
+update, and the sampler's view of the policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state and return them in the
@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dllm_rl.models import lora as lora_lib
-from dllm_rl.rl import agrpo, diffu_grpo, dmpo, sft, tracerl, wd1
+from dllm_rl.rl import agrpo, diffu_grpo, dmpo, espo, sft, spg, tracerl, wd1
 from dllm_rl.sampling import expand
 
 
@@ -113,8 +113,9 @@ def score(trainable, frozen, batch, rng, *, fn, model_config, config, lora_confi
 
 def _one_step_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config,
                       uses_old):
-    """d1 / wd1: μ mask keys; old (a ratio's, only with μ > 1: else the current policy's, detached) and reference
-    (β > 0) one-step log-probs under the masks the micro-batch uses (`diffu_grpo.mask_index`), None elsewhere."""
+    """d1 / wd1 / SPG: μ mask keys; old (a ratio's, only with μ > 1: else the current policy's, detached) and
+    reference (β > 0) one-step log-probs under the masks the micro-batch uses (`diffu_grpo.mask_index`), None
+    elsewhere (SPG, wd1: no old; SPG's masks are its own, drawn by its loss from the same keys)."""
     completion = samples.completion_ids
     batch = diffu_grpo.DiffuGRPOBatch(samples.prompt_ids, samples.prompt_mask, completion,
                                       diffu_grpo.completion_mask(completion, model_config.eos_token_id),
@@ -155,6 +156,23 @@ def _dmpo_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_c
     weights, negative_weights, metrics = dmpo.dmpo_weights(samples.advantages, ref, old, config)
     batch = batch._replace(weights=weights, negative_weights=negative_weights)
     return [(batch, k, None, None) for k in diffu_grpo.iteration_keys(loss_key, config.num_iterations)], metrics
+
+
+def _espo_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config):
+    """ESPO: μ mask keys, update i under key i (ESPO's draw (micro-batch, i), each used once); the rollout policy's
+    (a ratio's, only with μ > 1) and the reference's (β > 0) sequence ELBOs under each key, on the micro-batch's own
+    rows as the update scores them (ESPO's mask counts are stratified over the rows of one call)."""
+    del micro  # `rng` is the micro-batch's own
+    completion = samples.completion_ids
+    batch = espo.ESPOBatch(samples.prompt_ids, samples.prompt_mask, completion,
+                           diffu_grpo.completion_mask(completion, model_config.eos_token_id), samples.advantages)
+    kw = dict(fn=espo.sequence_elbo, model_config=model_config, config=config)
+    units = []
+    for k in diffu_grpo.iteration_keys(rng, config.num_iterations):
+        old = score(trainable, frozen, batch, k, lora_config=lora_config, **kw) if config.num_iterations > 1 else None
+        ref = score(ref_params, None, batch, k, lora_config=None, **kw) if config.beta else None
+        units.append((batch, k, old, ref))
+    return units, {}
 
 
 def _trace_logps(model_config, params, batch, rng, config):
@@ -205,6 +223,14 @@ def _one_step_unit_like(array, samples, config, *, uses_old):
     return batch, logps() if uses_old and config.num_iterations > 1 else None, logps() if config.beta else None
 
 
+def _espo_unit_like(array, samples, config):
+    b, length = samples.completion_ids.shape
+    batch = espo.ESPOBatch(samples.prompt_ids, samples.prompt_mask, samples.completion_ids, array((b, length), bool),
+                           samples.advantages)
+    elbo = lambda: array((b,), jnp.float32)  # noqa: E731
+    return batch, elbo() if config.num_iterations > 1 else None, elbo() if config.beta else None
+
+
 def _dmpo_unit_like(array, samples, config):
     b, length = samples.completion_ids.shape
     return dmpo.DMPOBatch(samples.prompt_ids, samples.prompt_mask, samples.completion_ids, array((b, length), bool),
@@ -252,6 +278,12 @@ MASKED_OBJECTIVES = {
                                needs_ref=lambda c: bool(c.beta) and c.kl_reference == "ref",
                                unit_like=_tracerl_unit_like, records=True,
                                logged=("policy_loss", "ratio_mean", "clip_fraction", "kl")),
+    "espo": MaskedObjective(_espo_prepare, iterated, espo.espo_grad, needs_ref=lambda c: bool(c.beta),
+                            unit_like=_espo_unit_like, records=False,
+                            logged=("ratio_mean", "clip_ratio", "clip_ratio_low", "clip_ratio_high", "kl")),
+    "spg": MaskedObjective(functools.partial(_one_step_prepare, uses_old=False), iterated, spg.spg_grad,
+                           needs_ref=lambda c: False, unit_like=functools.partial(_one_step_unit_like, uses_old=False),
+                           records=False, logged=("elbo", "eubo", "seq_logp")),
 }
 
 

@@ -1,11 +1,12 @@
 """RL training loop: rollout → reward → advantage → K-timestep loss → update, with exact resume.
 
 The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
-produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group, `rl.steps` gives
-gradients (AGRPO, or a masked objective: diffu-GRPO, wd1, DMPO, TraceRL) and updates the trainable leaves (LoRA
-adapters or all params). Everything random derives from `TrainConfig.seed` folded with the step number, and the
-data iterator's state is checkpointed with the params and optimizer state (`rl.train_state`), so a run killed at any
-point and restarted from its workdir continues exactly as an uninterrupted run would (same rollouts, same metrics).
+produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group (or leave-one-out),
+`rl.steps` gives gradients (AGRPO, or a masked objective: diffu-GRPO, wd1, DMPO, TraceRL, ESPO, SPG) and updates
+the trainable leaves (LoRA adapters or all params). Everything random derives from `TrainConfig.seed` folded with
+the step number, and the data iterator's state is checkpointed with the params and optimizer state
+(`rl.train_state`), so a run killed at any point and restarted from its workdir continues exactly as an
+uninterrupted run would (same rollouts, same metrics).
 
 Batching follows the AGRPO paper: each optimizer step takes `prompts_per_micro_batch × grad_accum` prompts;
 every prompt gets G = num_generations completions in consecutive rows; the micro-batch gradients are summed into
@@ -223,7 +224,8 @@ class Trainer:
         table = multihost.gather_rows(rewards.reward_table(breakdowns, names, completion, entropy,
                                                            self.model_config.eos_token_id), rows, ids.shape[0])
         advantages, info = rewards.batch_summary(table, names, self.group, self.train_cfg.scale_rewards_by_std,
-                                                 has_entropy=entropy is not None)
+                                                 has_entropy=entropy is not None,
+                                                 leave_one_out=self.cfg.leave_one_out_advantages)
         info["rollout_seconds"] = seconds
         info["generated_tokens"] = float(ids.shape[0] * completion.shape[1])
         return ids, mask, rollout, self.place_batch(advantages), info
@@ -250,7 +252,7 @@ class Trainer:
 
     def _masked_micro_batches(self, trainable, frozen, examples_per_micro, key, step_row_key):
         """Rollouts of every micro-batch, each prepared by its objective (`steps.MASKED_OBJECTIVES`: d1's
-        diffu-GRPO, wd1, DMPO, TraceRL): [(the arguments of its gradient calls, its metrics)].
+        diffu-GRPO, wd1, DMPO, TraceRL, ESPO, SPG): [(the arguments of its gradient calls, its metrics)].
 
         Rollouts use LLaDA's sampler semantics (record=False: low confidence from the untempered softmax, no
         truncation record, no early stop), as d1 samples, unless the objective `records` (TraceRL: the configured
