@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from tests.helpers.xla_env import fake_devices_env
 
 
 def test_eval_writes_per_example_jsonl_and_summaries(tmp_path, tiny_dir, tiny_tokenizer_dir):
@@ -45,7 +46,7 @@ def test_eval_on_an_fsdp_mesh_gives_the_one_device_completions(tmp_path, tiny_di
         cmd = [sys.executable, "-m", "experiments.eval", "--task", "gsm8k", "--lengths", "32", "--block_length", "32",
                "--limit", "4", "--batch_size", "4", "--max_prompt_tokens", "48", "--hf_dir", str(tiny_dir),
                "--tokenizer_dir", str(tiny_tokenizer_dir), "--dtype", "float32", "--out_dir", str(out), *extra]
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        env = fake_devices_env(4)
         subprocess.run(cmd, check=True, timeout=600, env=env)
         return [json.loads(line)["completion"] for line in (out / "gsm8k_test_len32.jsonl").read_text().splitlines()]
 
@@ -54,7 +55,7 @@ def test_eval_on_an_fsdp_mesh_gives_the_one_device_completions(tmp_path, tiny_di
                           "--block_length", "32", "--batching", "per_batch", "--batch_size", "3", "--mesh", "data=-1",
                           "--hf_dir", str(tiny_dir),
                           "--out_dir", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+                         env=fake_devices_env(4))
     assert bad.returncode == 2 and "--batch_size" in bad.stderr and "not divisible" in bad.stderr, bad.stderr
 
 

@@ -10,6 +10,7 @@ from dllm_rl.rl import evaluate as eval_lib
 from dllm_rl.sampling import SamplerConfig
 from dllm_rl.tasks import get_task
 from dllm_rl.tokenizer import Tokenizer
+from tests.helpers.xla_env import fake_devices_env
 
 SAMPLER = SamplerConfig(steps=4, gen_length=8, block_length=8)
 
@@ -264,7 +265,7 @@ def test_bf16_completions_on_one_and_four_devices(tiny_dir, tiny_tokenizer_dir):
                                         model=str(tiny_dir))
     results = []
     for devices in (1, 4):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env = fake_devices_env(devices)
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(json.loads(proc.stdout.split("RESULT", 1)[1]))

@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from dllm_rl.parallel import mesh as pm
+from tests.helpers.xla_env import fake_devices_env
 
 
 def test_resolve_shape():
@@ -151,7 +152,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_forward_and_restore_on_8_fake_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = fake_devices_env(8)
     code = f"OUT = {str(tmp_path / 'orbax')!r}\n" + SHARDED
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

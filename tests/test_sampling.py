@@ -20,6 +20,7 @@ from dllm_rl.sampling.gumbel import gumbel_argmax, gumbel_noise
 from tests.helpers import family_goldens
 from tests.helpers.golden_runs import golden_run
 from tests.helpers.truncation_numpy import agrpo_keep, truncated_stats
+from tests.helpers.xla_env import fake_devices_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -570,8 +571,7 @@ print(json.dumps({
 
 
 def test_sharded_generate_equals_unsharded(tiny_dir):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(REPO))
+    env = fake_devices_env(8, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tiny_dir)], env=env, capture_output=True,
                          text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]

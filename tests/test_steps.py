@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from dllm_rl.rl import steps
+from tests.helpers.xla_env import fake_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +75,7 @@ LAYOUT = textwrap.dedent("""
 
 
 def test_updates_keep_their_layout_and_equal_the_one_device_update():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = fake_devices_env(8)
     result = subprocess.run([sys.executable, "-c", LAYOUT], env=env, capture_output=True, text=True, timeout=600,
                             cwd=ROOT)
     assert "LAYOUT_OK" in result.stdout, result.stderr[-3000:]

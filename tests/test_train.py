@@ -20,6 +20,7 @@ from dllm_rl.rl import steps
 from dllm_rl.rl.config import TrainError
 from dllm_rl.rl.train import TIMING_KEYS, Trainer
 from experiments.run import parse_config
+from tests.helpers.xla_env import fake_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "experiments/configs/demo.gin")
@@ -90,7 +91,7 @@ LAYOUT = textwrap.dedent("""
 def test_mesh_rules_lay_out_params_adapters_optimizer_state_and_batches(tmp_path):
     """`MeshConfig.rules` is the one place a strategy is chosen: on 8 fake devices a non-default table changes the
     shardings of params, LoRA adapters, their Adam moments and batches; an indivisible batch fails early."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = fake_devices_env(8)
     code = f"DEMO, WORKDIR = {DEMO!r}, {str(tmp_path)!r}\n" + LAYOUT
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                             cwd=ROOT)
@@ -126,7 +127,7 @@ SPLASH = textwrap.dedent("""
 def test_trainer_runs_the_splash_loss_per_device_under_its_mesh():
     """With attention_impl='splash_interpret' the trainer's loss runs the Pallas kernel inside a shard_map over
     the run's mesh (2 rows per device of 8), and its log-probs equal the (einsum) sampler's."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = fake_devices_env(8)
     result = subprocess.run([sys.executable, "-c", f"DEMO = {DEMO!r}\n" + SPLASH], env=env, capture_output=True,
                             text=True, timeout=600, cwd=ROOT)
     assert "SPLASH_OK" in result.stdout, result.stderr[-3000:]
