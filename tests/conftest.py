@@ -41,9 +41,9 @@ _COSTLIEST_MODULES_FIRST = ("test_train.py", "test_sampling.py", "test_multihost
 
 
 # The fast tier's programs are tiny and mostly run a few times, so compiling them is most of its time: it compiles
-# with LLVM's optimisations off (about half the compile time for 1.5-2x slower execution; the same HLO, so the same
-# numbers). The slow tier keeps XLA's defaults: its end-to-end runs execute for long. Subprocesses inherit the flags
-# (tests/helpers/xla_env.py keeps them when it sets the device count).
+# with LLVM's optimisations off (about half the compile time for 1.5-2x slower execution; the same HLO, rounding
+# may differ in the last bits, e.g. without fused multiply-adds). The slow tier keeps XLA's defaults: its end-to-end
+# runs execute for long. Subprocesses inherit the flags (tests/helpers/xla_env.py keeps them with the device count).
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
 

@@ -152,7 +152,9 @@ def test_golden_elbos_losses_metrics_and_gradients(case, golden, models):
             assert rel(old, g[f"{case}/elbo_old"][i]) < 1e-5
         assert rel(ref, g[f"{case}/elbo_ref"][i]) < 1e-5
         assert rel(policy, g[f"{case}/elbo_policy"][i]) < 1e-5
-        np.testing.assert_allclose(float(loss), g[f"{case}/loss"][i], rtol=1e-4)
+        # The loss is a sum of O(1) per-sequence terms that cancels to ~1e-3 with these advantages: compared within
+        # 1e-5 of the terms' scale, not relative to the cancelled value (compile settings move it by ~1e-6).
+        np.testing.assert_allclose(float(loss), g[f"{case}/loss"][i], rtol=1e-4, atol=1e-5)
         for ours, theirs in (("kl", "kl"), ("entropy", "entropy"), ("clip_ratio_low", "clip_ratio_low"),
                              ("clip_ratio_high", "clip_ratio_high"), ("clip_ratio", "clip_ratio_region")):
             np.testing.assert_allclose(float(metrics[ours]), g[f"{case}/{theirs}"][i], rtol=1e-4, atol=1e-7)

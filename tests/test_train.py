@@ -207,7 +207,11 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert str(last) in os.listdir(tmp_path / "checkpoints")
 
 
-def test_diffu_grpo_with_lora_runs(tmp_path):
+def test_diffu_grpo_with_lora_runs(tmp_path, monkeypatch):
+    """d1 with LoRA adapters, β > 0: two steps whose gradients are nonzero. The untrained demo model earns no
+    reward and the adapters start at the reference (KL exactly 0), so without advantages the gradient is 0 (it
+    passed before only through rounding noise that optimised compiles add): the groups get fixed advantages."""
+    _fixed_advantages(monkeypatch)
     cfg = parse_config([DEMO], SMALL + [
         "experiment.agrpo = None", "experiment.diffu_grpo = @dllm_rl.DiffuGRPOConfig()",
         "experiment.lora = @dllm_rl.LoRAConfig()", "dllm_rl.LoRAConfig.rank = 4",
