@@ -36,7 +36,8 @@ import jax.numpy as jnp
 
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
-from dllm_rl.rl.objective import ForwardConfig, completion_positions, masked_mean, model_inputs, token_log_probs
+from dllm_rl.rl.objective import (ForwardConfig, completion_positions, k3, masked_mean, model_inputs,
+                                  token_log_probs)
 
 Params = dict[str, Any]
 
@@ -172,8 +173,7 @@ def trace_token_loss(logp_NxL: jax.Array, old_logp_NxL: jax.Array, ref_logp_NxL:
     if config.kl_reference == "ref" and ref_logp_NxL is None:
         raise ValueError("TraceRLConfig.kl_reference='ref' with beta > 0 needs reference log-probs (ref_logp)")
     against_NxL = old_logp_NxL if config.kl_reference == "old" else ref_logp_NxL
-    delta_NxL = logp_NxL - against_NxL
-    kl_NxL = jnp.exp(-delta_NxL) - 1.0 + delta_NxL if config.kl_estimator == "k3" else delta_NxL
+    kl_NxL = k3(against_NxL, logp_NxL) if config.kl_estimator == "k3" else logp_NxL - against_NxL
     kl_loss = config.beta * jnp.sum(jnp.where(target_NxL, kl_NxL, 0.0)) / rows
     metrics.update(kl=masked_mean(kl_NxL, target_NxL), kl_loss=kl_loss)
     return policy_loss + kl_loss, metrics
