@@ -543,3 +543,18 @@ def test_row_keyed_rollouts_key_each_row_by_its_prompt_and_generation(tmp_path, 
     np.testing.assert_array_equal(keys, jax.random.key_data(want))
     np.testing.assert_array_equal(keys_one, keys)
     np.testing.assert_array_equal(tokens_one, tokens)
+
+
+
+def test_the_run_traces_under_the_configured_rules(tmp_path, monkeypatch):
+    """Layers that lay out their own activations (the MoE dispatch reads `parallel.mesh.current_rules`) see
+    `MeshConfig.rules` while the trainer traces them, not the default table: the whole run is inside them."""
+    from dllm_rl.parallel import mesh as mesh_lib
+
+    rules = tuple((name, "fsdp" if name == "expert" else axis) for name, axis in mesh_lib.DEFAULT_RULES)
+    cfg = parse_config([DEMO], SMALL + ["dllm_rl.TrainConfig.sft_steps = 0"])
+    trainer = Trainer(dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, rules=rules)), tmp_path)
+    seen = []
+    monkeypatch.setattr(trainer, "_train", lambda *args: seen.append(mesh_lib.current_rules()) or [])
+    trainer.train(progress=False)
+    assert seen == [rules] and mesh_lib.current_rules() == mesh_lib.DEFAULT_RULES

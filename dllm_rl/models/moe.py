@@ -19,7 +19,7 @@ Expert parallelism: expert weights carry the logical axis 'expert' (`param_logic
 maps to a mesh axis. The default table (`parallel.mesh.DEFAULT_RULES`) leaves it unsplit: FSDP shards the experts'
 embedding dimension like every other weight and XLA's SPMD partitioner lays out the grouped dispatch. With 'expert'
 mapped to a mesh axis (e.g. `expert='fsdp'` in `MeshConfig.rules`), under a mesh context (`jax.set_mesh`) and the
-table of `parallel.mesh.use_rules` (`experiments.aot` enters both), the routed part runs in a `shard_map`: each
+table of `parallel.mesh.use_rules` (`experiments.aot` and the trainer enter both), the routed part runs in a `shard_map`: each
 device holds El = E / (axis size) whole experts; the tokens of the devices along the axis are all-gathered, each
 device runs its own experts on the assignments routed to them (the others' rows fall outside its groups and give
 zero), and the partial outputs are summed back and scattered to their rows (`psum_scatter`), as Megatron's

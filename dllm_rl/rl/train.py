@@ -369,9 +369,11 @@ class Trainer:
         every process at the same point (`rl.stopping`): before a step's next micro-batch (the unfinished step is
         dropped and redone on resume) or at a step end; the last finished step is then checkpointed and the call
         returns with `self.stopped` set. `profile_steps=(a, b)` records a JAX profiler trace of steps a..b into
-        W/profile (TensorBoard's profile tab or Perfetto read it).
+        W/profile (TensorBoard's profile tab or Perfetto read it). Everything is traced under `MeshConfig.rules`
+        (`parallel.mesh.use_rules`), so layers that lay out their own activations (the MoE dispatch's expert axis)
+        follow the run's table, not the default one.
         """
-        with self.stop:
+        with self.stop, mesh_lib.use_rules(self.rules):
             try:
                 return self._train(progress, profile_steps)
             except _Stopped as stopped:
