@@ -1,5 +1,6 @@
 """models/__init__.py: the family chosen from config.json, one API for every family."""
 import json
+import pathlib
 
 import pytest
 
@@ -25,6 +26,27 @@ def test_llada_configs_with_and_without_model_type():
     for key in ("model_type", "architectures"):
         raw.pop(key, None)
     assert type(models.config_from_hf(raw)) is models.LLaDAConfig
+
+
+def test_llada_moe_as_released_says_model_type_llada():
+    """LLaDA-MoE's released config.json has model_type "llada" (its configuration_lladamoe.py's): MoE keys pick it."""
+    raw = json.loads((fg.FAMILIES_DIR / "llada_moe" / "config.json").read_text())
+    assert type(models.config_from_hf(dict(raw, model_type="llada"))) is models.LLaDAMoEConfig
+    assert models.config_from_hf(dict(raw, model_type="llada")) == models.config_from_hf(raw)
+
+
+SHAPES_DIR = pathlib.Path(__file__).parents[1] / "experiments/configs/model_shapes"
+
+
+@pytest.mark.parametrize("name, cls, billions", [
+    ("dream_v0_7b.json", models.DreamConfig, 7.62),  # Dream-v0-Instruct-7B's model page: 7.62B params
+    ("llada_moe_7b_a1b.json", models.LLaDAMoEConfig, 7.36),  # 7.36B (model_shapes/README.md)
+    ("a2d_qwen3_0.6b.json", models.A2DQwen3Config, 0.60),  # Qwen3-0.6B: 0.6B, 0.44B of them non-embedding
+])
+def test_released_shapes_read_as_their_family(name, cls, billions):
+    """experiments/configs/model_shapes (the released configs, README there) read with the released sizes."""
+    config = models.config_from_hf(SHAPES_DIR / name)
+    assert type(config) is cls and round(config.num_params / 1e9, 2) == billions
 
 
 def test_unknown_family_is_named():

@@ -20,9 +20,9 @@ from dllm_rl.models import DecoderConfig
 from dllm_rl.models.lora import LoRAConfig
 
 # The reference modelling code is loaded through these (trust_remote_code); a config written from our dataclass
-# lacks them, so they are added when absent. LLaDA's are those of its released config.json; Dream's those its own
-# config class writes (tests/fixtures/families/dream/config.json). A2D-Qwen3 and LLaDA-MoE get none added (their
-# released auto_map is not known here): an exported folder keeps whatever the source config.json carried.
+# lacks them, so they are added when absent. LLaDA's and Dream's are those of their released config.json (Dream's:
+# experiments/configs/model_shapes/dream_v0_7b.json). A2D-Qwen3 and LLaDA-MoE get none added (their released
+# auto_map is not known here): an exported folder keeps whatever the source config.json carried.
 AUTO_MAPS = {
     "llada": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
               "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},

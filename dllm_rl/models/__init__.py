@@ -1,16 +1,17 @@
 """The model families and their one API, chosen by the config.
 
 `config_from_hf(path)` reads any supported family's config.json (by `model_type`, then `architectures`) into
-that family's config class; every function below takes such a config and reads its switches, so one call serves
-every family. Logits are aligned: `forward(...)[:, i]` scores the token at position i, whatever the family's own
-convention (Dream's right shift is applied inside).
+that family's config class (LLaDA-MoE's released config.json says `model_type` "llada", as its
+configuration_lladamoe.py names it; its MoE keys tell it from LLaDA's); every function below takes such a config
+and reads its switches, so one call serves every family. Logits are aligned: `forward(...)[:, i]` scores the token
+at position i, whatever the family's own convention (Dream's right shift is applied inside).
 
 | family | config class | HF `model_type` / `architectures` |
 | --- | --- | --- |
 | llada | `llada.LLaDAConfig` | `llada` / `LLaDAModelLM` |
 | dream | `dream.DreamConfig` | `Dream` / `DreamModel` |
 | a2d_qwen3 | `a2d_qwen3.A2DQwen3Config` | `a2d-qwen3` / `A2DQwen3LMHeadModel` |
-| llada_moe | `llada_moe.LLaDAMoEConfig` | `lladamoe` / `LLaDAMoEModelLM` |
+| llada_moe | `llada_moe.LLaDAMoEConfig` | `lladamoe` (or `llada` with MoE keys, as released) / `LLaDAMoEModelLM` |
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ FAMILIES: dict[str, type[DecoderConfig]] = {cls.family: cls for cls in
                                             (LLaDAConfig, DreamConfig, A2DQwen3Config, LLaDAMoEConfig)}
 _MODEL_TYPES = {"llada": LLaDAConfig, "dream": DreamConfig, "a2d-qwen3": A2DQwen3Config,
                 "lladamoe": LLaDAMoEConfig}
+# Keys only LLaDA-MoE's config.json has: they pick LLaDA-MoE when model_type is LLaDA's "llada".
+_LLADA_MOE_KEYS = ("num_experts", "expert_intermediate_size", "moe_layer_freq")
 _ARCHITECTURES = {"LLaDAModelLM": LLaDAConfig, "DreamModel": DreamConfig, "A2DQwen3LMHeadModel": A2DQwen3Config,
                   "LLaDAMoEModelLM": LLaDAMoEConfig}
 
@@ -41,8 +44,10 @@ __all__ = ["FAMILIES", "REMAT_POLICIES", "A2DQwen3Config", "ConfigError", "Decod
 
 def config_class(raw: Mapping[str, Any], where: str = "config dict") -> type[DecoderConfig]:
     """The family config class of a parsed config.json: by `model_type`, then `architectures`; a config with
-    neither but LLaDA's keys (`d_model`, `n_layers`) is LLaDA."""
+    neither but LLaDA's keys (`d_model`, `n_layers`) is LLaDA; "llada" with LLaDA-MoE's keys is LLaDA-MoE."""
     model_type = str(raw.get("model_type") or "").lower()
+    if model_type == "llada" and any(key in raw for key in _LLADA_MOE_KEYS):
+        return LLaDAMoEConfig
     if model_type in _MODEL_TYPES:
         return _MODEL_TYPES[model_type]
     for arch in raw.get("architectures") or ():
