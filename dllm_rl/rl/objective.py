@@ -1,4 +1,5 @@
-"""The pieces every loss of the package shares: model inputs, token log-probs, masked means, PPO clip + k3 KL.
+"""The pieces every loss of the package shares: model inputs, token log-probs, masked means, PPO clip + k3 KL,
+and running a model call over noised copies in chunks (`in_chunks`).
 
 The AGRPO (`agrpo`), diffu-GRPO (`diffu_grpo`) and SFT (`sft`) losses differ in which positions they score and
 how they weight them (docs/algorithm.md); what they have in common is written once here. `ForwardConfig` holds the
@@ -34,6 +35,21 @@ class ForwardConfig:
     def forward_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `llada.forward_at` / `llada.hidden_states` these settings stand for."""
         return dict(compute_dtype=self.compute_dtype, remat=self.remat, attention_impl=self.attention_impl)
+
+
+def in_chunks(fn, x_NxR: jax.Array, per_call: int | None, what: str) -> jax.Array:
+    """fn(x) [N, ...] computed `per_call` rows of x's leading axis at a time (None or ≥ N: one call), the results
+    concatenated: the same values, but only one chunk's activations (the logits over the vocabulary) live at a
+    time. The chunks run in a `lax.scan` whose body is rematerialised, so the backward recomputes each chunk's
+    forward instead of keeping every chunk's logits (one extra forward). `what` names the knob in the error."""
+    n = x_NxR.shape[0]
+    if per_call is None or per_call >= n:
+        return fn(x_NxR)
+    if per_call < 1 or n % per_call:
+        raise ValueError(f"{what}={per_call} must divide the {n} noised copies of a call (or be None: all at once)")
+    chunked = x_NxR.reshape(n // per_call, per_call, *x_NxR.shape[1:])
+    _, y = jax.lax.scan(lambda carry, x: (carry, jax.checkpoint(fn)(x)), None, chunked)
+    return y.reshape(n, *y.shape[2:])
 
 
 def model_inputs(prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array | None, completion_ids_BxL: jax.Array
