@@ -49,8 +49,16 @@ class DiPOConfig(ForwardConfig):
     """DiPO settings (defaults: the official configs/rl.yaml); the model-call fields come from `ForwardConfig`.
     sampling_steps: the rollout's step count (rows per sample); clip_higher: added to the upper clip 1 + ε (official
     0.08, hard-coded); log_ratio_clamp: |logp − old| and |ref − logp| clamp before exp (official 10); kl_estimator
-    "k3" or "k1" (against the reference); reduction "row" (official trainer) or "token" (one official call)."""
+    "k3" or "k1" (against the reference); reduction "row" (official trainer) or "token" (one official call).
 
+    Trainer settings (`rl.steps.MASKED_OBJECTIVES`, as TraceRL's): num_generations (`num_response_per_task`); a
+    rollout's rows that score something are trained in order, `row_batch_size` rows per loss call
+    (`batch_size_lm`), `row_batches_per_update` calls averaged per optimizer update (the official
+    `gradient_accumulation_steps`, derived from `mini_batch_size`)."""
+
+    num_generations: int = 8
+    row_batch_size: int = 1
+    row_batches_per_update: int = 128
     sampling_steps: int = 512
     epsilon: float = 0.2
     clip_higher: float = 0.08
@@ -64,8 +72,9 @@ class DiPOConfig(ForwardConfig):
             raise ValueError(f"DiPOConfig.kl_estimator={self.kl_estimator!r}; choose 'k3' or 'k1'")
         if self.reduction not in ("row", "token"):
             raise ValueError(f"DiPOConfig.reduction={self.reduction!r}; choose 'row' or 'token'")
-        if self.sampling_steps < 1:
-            raise ValueError(f"DiPOConfig.sampling_steps must be ≥ 1, got {self.sampling_steps}")
+        for name in ("num_generations", "row_batch_size", "row_batches_per_update", "sampling_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiPOConfig.{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.epsilon < 1.0:
             raise ValueError(f"DiPOConfig.epsilon must be in [0, 1), got {self.epsilon}")
         super().__post_init__()
