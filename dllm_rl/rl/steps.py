@@ -1,6 +1,6 @@
 """The jitted step functions of the trainer: per-micro-batch gradients (AGRPO; the objectives of `MASKED_OBJECTIVES`:
-d1's diffu-GRPO, wd1, DMPO, TraceRL, DiPO, ESPO, SPG, with their rollout-time preparation), the optimizer update, the SFT
-update, and the sampler's view of the policy params (the unmerged LoRA path).
+d1's diffu-GRPO, wd1, DMPO, TraceRL, DiPO, ESPO, SPG, with their rollout-time preparation), the optimizer update,
+the SFT update, and the sampler's view of the policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state and return them in the

@@ -3,8 +3,8 @@
 The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
 produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group (or leave-one-out),
 `rl.steps` gives gradients (AGRPO, or a masked objective: diffu-GRPO, wd1, DMPO, TraceRL, DiPO, ESPO, SPG) and
-updates the trainable leaves (LoRA adapters or all params). Everything random derives from `TrainConfig.seed` folded with
-the step number, and the data iterator's state is checkpointed with the params and optimizer state
+updates the trainable leaves (LoRA adapters or all params). Everything random derives from `TrainConfig.seed`
+folded with the step number, and the data iterator's state is checkpointed with the params and optimizer state
 (`rl.train_state`), so a run killed at any point and restarted from its workdir continues exactly as an
 uninterrupted run would (same rollouts, same metrics).
 
