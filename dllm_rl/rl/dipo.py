@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
 from dllm_rl.rl import tracerl
-from dllm_rl.rl.objective import ForwardConfig, masked_mean
+from dllm_rl.rl.objective import ForwardConfig, check_kl_estimator, masked_mean, token_kl
 from dllm_rl.rl.tracerl import TraceRLBatch, TraceSamples
 
 Params = dict[str, Any]
@@ -68,8 +68,7 @@ class DiPOConfig(ForwardConfig):
     reduction: str = "row"
 
     def __post_init__(self):
-        if self.kl_estimator not in ("k3", "k1"):
-            raise ValueError(f"DiPOConfig.kl_estimator={self.kl_estimator!r}; choose 'k3' or 'k1'")
+        check_kl_estimator("DiPOConfig", self.kl_estimator)
         if self.reduction not in ("row", "token"):
             raise ValueError(f"DiPOConfig.reduction={self.reduction!r}; choose 'row' or 'token'")
         for name in ("num_generations", "row_batch_size", "row_batches_per_update", "sampling_steps"):
@@ -112,8 +111,7 @@ def dipo_token_loss(logp_NxL: jax.Array, old_logp_NxL: jax.Array | None, ref_log
     if config.beta:
         if ref_logp_NxL is None:
             raise ValueError("DiPOConfig.beta > 0 needs reference log-probs (ref_logp); set beta=0 to train without")
-        delta_NxL = logp_NxL - ref_logp_NxL.astype(jnp.float32)
-        kl_NxL = jnp.exp(jnp.clip(-delta_NxL, -c, c)) - 1.0 + delta_NxL if config.kl_estimator == "k3" else delta_NxL
+        kl_NxL = token_kl(logp_NxL, ref_logp_NxL.astype(jnp.float32), config.kl_estimator, clamp=c)
         per_token_NxL = per_token_NxL + config.beta * kl_NxL
         metrics["kl"] = masked_mean(kl_NxL, target_NxL)
     summed_NxL = jnp.where(target_NxL, per_token_NxL, 0.0)

@@ -1,5 +1,5 @@
-"""The pieces every loss of the package shares: model inputs, token log-probs, masked means, PPO clip + k3 KL,
-and running a model call over noised copies in chunks (`in_chunks`).
+"""The pieces every loss of the package shares: model inputs, token log-probs, masked means, PPO clip, the KL
+estimators (k3, k1), and running a model call over noised copies in chunks (`in_chunks`).
 
 The AGRPO (`agrpo`), diffu-GRPO (`diffu_grpo`) and SFT (`sft`) losses differ in which positions they score and
 how they weight them (docs/algorithm.md); what they have in common is written once here. `ForwardConfig` holds the
@@ -80,6 +80,26 @@ def k3(ref_logp: jax.Array, logp: jax.Array) -> jax.Array:
     """Schulman's k3 estimator of KL(π_θ ‖ π_ref) per token: e^δ − δ − 1 with δ = log π_ref − log π_θ (≥ 0)."""
     delta = ref_logp - logp
     return jnp.exp(delta) - delta - 1.0
+
+
+KL_ESTIMATORS = ("k3", "k1")
+
+
+def check_kl_estimator(owner: str, estimator: str) -> None:
+    """A ValueError naming `owner`'s field unless `estimator` is one of `KL_ESTIMATORS`."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"{owner}.kl_estimator={estimator!r}; choose one of {KL_ESTIMATORS}")
+
+
+def token_kl(logp: jax.Array, against_logp: jax.Array, estimator: str, clamp: float | None = None) -> jax.Array:
+    """Per-token estimate of KL(π_θ ‖ π_against): "k3" (`k3`; with `clamp`, its exponent δ = against − logp clipped
+    to ±clamp first, as DiPO's official code does) or "k1" (logp − against)."""
+    if estimator == "k1":
+        return logp - against_logp
+    if clamp is None:
+        return k3(against_logp, logp)
+    delta = against_logp - logp
+    return jnp.exp(jnp.clip(delta, -clamp, clamp)) - delta - 1.0
 
 
 def clipped_token_loss(logp_BxN: jax.Array, old_logp_BxN: jax.Array, ref_logp_BxN: jax.Array | None,
