@@ -193,8 +193,8 @@ def rollout_rows(setup: Setup) -> int:
 
 
 def lower_loss(setup: Setup):
-    """One micro-batch's gradients at the rollout's shapes (AGRPO: with the truncation record it wrote; TraceRL:
-    one batch of `row_batch_size` trace rows)."""
+    """One micro-batch's gradients at the rollout's shapes (AGRPO: with the truncation record it wrote; TraceRL,
+    DiPO: one batch of `row_batch_size` trace rows)."""
     from dllm_rl.rl import agrpo, steps
     from dllm_rl.sampling.truncation import TruncationRecord
 

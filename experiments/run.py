@@ -31,6 +31,7 @@ from dllm_rl.parallel.mesh import MeshConfig
 from dllm_rl.rl import train_state
 from dllm_rl.rl.agrpo import AGRPOConfig
 from dllm_rl.rl.diffu_grpo import DiffuGRPOConfig
+from dllm_rl.rl.dipo import DiPOConfig
 from dllm_rl.rl.dmpo import DMPOConfig
 from dllm_rl.rl.espo import ESPOConfig
 from dllm_rl.rl.spg import SPGConfig
@@ -45,18 +46,18 @@ OPERATIVE_CONFIG = "operative_config.gin"
 OPERATIVE_CONFIGS_DIR = "operative_configs"  # start_<k>.gin: the operative config of the run's k-th start
 COMPILATION_CACHE_DIR = "compilation_cache"
 for _cls in (TrainConfig, ModelSource, SamplerConfig, AGRPOConfig, DiffuGRPOConfig, WD1Config, DMPOConfig,
-             TraceRLConfig, ESPOConfig, SPGConfig, LoRAConfig, MeshConfig):
+             TraceRLConfig, DiPOConfig, ESPOConfig, SPGConfig, LoRAConfig, MeshConfig):
     gin.external_configurable(_cls, module="dllm_rl")
 
 
 @gin.configurable
 def experiment(train=gin.REQUIRED, model=gin.REQUIRED, rollout=gin.REQUIRED, eval_sampler=None, agrpo=None,
-               diffu_grpo=None, wd1=None, dmpo=None, tracerl=None, espo=None, spg=None, lora=None,
+               diffu_grpo=None, wd1=None, dmpo=None, tracerl=None, dipo=None, espo=None, spg=None, lora=None,
                mesh=None) -> ExperimentConfig:
     """The run's full configuration (bound in the .gin files)."""
     return ExperimentConfig(train=train, model=model, rollout=rollout, eval_sampler=eval_sampler, agrpo=agrpo,
-                            diffu_grpo=diffu_grpo, wd1=wd1, dmpo=dmpo, tracerl=tracerl, espo=espo, spg=spg,
-                            lora=lora, mesh=mesh or MeshConfig())
+                            diffu_grpo=diffu_grpo, wd1=wd1, dmpo=dmpo, tracerl=tracerl, dipo=dipo, espo=espo,
+                            spg=spg, lora=lora, mesh=mesh or MeshConfig())
 
 
 class _DropGinProbeErrors(logging.Filter):

@@ -135,18 +135,23 @@ def test_a_program_the_compiler_refuses_is_a_row_that_does_not_fit(monkeypatch):
     ("dmpo", ["experiment.dmpo = @dllm_rl.DMPOConfig()", "dllm_rl.DMPOConfig.num_generations = 8"]),
     ("tracerl", ["experiment.tracerl = @dllm_rl.TraceRLConfig()", "dllm_rl.TraceRLConfig.sampling_steps = 8",
                  "dllm_rl.TraceRLConfig.kl_reference = 'ref'", "dllm_rl.TraceRLConfig.row_batch_size = 4"]),
+    ("dipo", ["experiment.dipo = @dllm_rl.DiPOConfig()", "dllm_rl.DiPOConfig.sampling_steps = 8",
+              "dllm_rl.DiPOConfig.row_batch_size = 4"]),
     ("espo", ["experiment.espo = @dllm_rl.ESPOConfig()", "dllm_rl.ESPOConfig.num_generations = 8",
               "dllm_rl.ESPOConfig.num_iterations = 2"]),
     ("spg", ["experiment.spg = @dllm_rl.SPGConfig()", "dllm_rl.SPGConfig.num_generations = 8",
              "dllm_rl.SPGConfig.block_length = 4"]),
 ])
 def test_the_loss_of_a_registered_objective_lowers_from_its_unit_like(algorithm, bindings):
-    """`steps.MASKED_OBJECTIVES[...].unit_like` gives the loss program's abstract inputs (TraceRL: one row batch)."""
+    """`steps.MASKED_OBJECTIVES[...].unit_like` gives the loss program's abstract inputs (TraceRL, DiPO: one row
+    batch)."""
     cfg = parse_config([DEMO], ["experiment.agrpo = None", f"dllm_rl.TrainConfig.algorithm = '{algorithm}'", *bindings])
     setup = aot.make_setup(cfg, aot.model_config_for(cfg, "unused"), mesh_lib.make_mesh(cfg.mesh))
     args = aot.lower_loss(setup).args_info[0]
-    rows = cfg.tracerl.row_batch_size if algorithm == "tracerl" else cfg.train.prompts_per_micro_batch * 8
+    rows = 4 if algorithm in ("tracerl", "dipo") else cfg.train.prompts_per_micro_batch * 8
     assert args[2].completion_ids.shape == (rows, cfg.rollout.gen_length)
+    if algorithm in ("tracerl", "dipo"):  # the rollout policy's and the reference's token log-probs
+        assert args[4].shape == args[5].shape == (rows, cfg.rollout.gen_length)
     if algorithm == "espo":  # the rollout policy's and the reference's sequence ELBOs
         assert args[4].shape == args[5].shape == (rows,)
 

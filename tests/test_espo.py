@@ -165,3 +165,23 @@ def test_golden_elbos_losses_metrics_and_gradients(case, golden, models):
                   for name, x in hf.items()}
         worst = max(errors, key=errors.get)
         assert errors[worst] < 1e-4, (i, worst, errors[worst])
+
+
+def test_copies_in_chunks_give_the_same_elbo_loss_and_gradients(golden, models):
+    """`copies_per_call=1` (each of the 2·num_mc = 4 noised copies its own model call, in a rematerialised scan)
+    against all copies in one call: the same ELBOs, loss and gradients (float32, to rounding)."""
+    g, (model_config, params) = golden, models
+    case = "mu1_mc2_eps02_beta001_std"
+    kw = dict(num_iterations=1, num_mc=2, epsilon=float(g[f"{case}/epsilon"]), beta=float(g[f"{case}/beta"]),
+              num_generations=int(g["num_generations"]))
+    batch, draws = golden_batch(g, g[f"{case}/advantages"]), jnp.asarray(g[f"{case}/is_mask"][0])
+    whole = elbos_and_grad(model_config, espo.ESPOConfig(**kw))(params, batch, draws)
+    chunked = elbos_and_grad(model_config, espo.ESPOConfig(copies_per_call=1, **kw))(params, batch, draws)
+    for ours, theirs in zip(jax.tree.leaves(chunked[1:3]), jax.tree.leaves(whole[1:3])):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    (loss, grads, _), (loss_whole, grads_whole, _) = chunked[3], whole[3]
+    np.testing.assert_allclose(float(loss), float(loss_whole), rtol=1e-5, atol=1e-7)
+    for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_whole)):
+        assert np.linalg.norm(np.asarray(ours) - theirs) <= 1e-5 * np.linalg.norm(theirs)
+    with pytest.raises(ValueError, match="ESPOConfig.copies_per_call=3 must divide the 2·num_mc = 4"):
+        espo.ESPOConfig(num_mc=2, copies_per_call=3)

@@ -81,6 +81,19 @@ def test_k3_is_nonnegative_and_zero_on_policy():
     assert (np.asarray(objective.k3(logp[::-1], logp)) >= 0).all()
 
 
+def test_token_kl_estimators_and_the_clamped_k3():
+    """k1 = logp − against; k3 = e^δ − δ − 1 (δ = against − logp), with `clamp` only its exponent clipped (DiPO's
+    official e^{clip(ref − logp, ±c)} − 1 + logp − ref); an unknown estimator names the config's field."""
+    logp, against = jnp.asarray([-1.0, -2.0, -30.0]), jnp.asarray([-1.5, -2.0, -1.0])
+    np.testing.assert_allclose(objective.token_kl(logp, against, "k1"), [0.5, 0.0, -29.0])
+    np.testing.assert_allclose(objective.token_kl(logp, against, "k3"), objective.k3(against, logp))
+    delta = np.asarray(against - logp, np.float64)
+    np.testing.assert_allclose(objective.token_kl(logp, against, "k3", clamp=10.0),
+                               np.exp(np.clip(delta, -10, 10)) - 1.0 - delta, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"DiPOConfig.kl_estimator='k2'; choose one of \('k3', 'k1'\)"):
+        objective.check_kl_estimator("DiPOConfig", "k2")
+
+
 def test_forward_config_checks_remat_and_names_the_subclass():
     assert objective.ForwardConfig(remat="full").forward_kwargs() == dict(compute_dtype=None, remat="full",
                                                                          attention_impl=None)

@@ -44,6 +44,8 @@ SMALL = ["dllm_rl.TrainConfig.num_steps = 6", "dllm_rl.TrainConfig.sft_steps = 3
      "TraceRL rollouts must record"),
     ("experiment.tracerl = @dllm_rl.TraceRLConfig()\ndllm_rl.TrainConfig.algorithm = 'tracerl'",
      "must equal the rollout's"),
+    ("experiment.dipo = @dllm_rl.DiPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dipo'",
+     "DiPOConfig.sampling_steps 512 must equal the rollout's"),
     ("experiment.dmpo = @dllm_rl.DMPOConfig()\ndllm_rl.TrainConfig.algorithm = 'dmpo'\n"
      "dllm_rl.TrainConfig.scale_rewards_by_std = True", "scale_rewards_by_std = False"),
     ("experiment.spg = @dllm_rl.SPGConfig()\ndllm_rl.TrainConfig.algorithm = 'spg'", "must divide the rollout's"),
@@ -332,6 +334,34 @@ def test_tracerl_trains_on_the_recorded_trace_rows_in_order(tmp_path, monkeypatc
     assert row["trace_rows"] == 8 * 4  # 2 prompts × G=4, 8 steps merged by 2: every row scores a token
     assert len(updates) == -(-(-(-row["trace_rows"] // 4)) // 3)
     assert not trainer.needs_ref and _moved(trainer, before) > 0
+
+
+def test_dipo_trains_on_every_steps_row_with_a_kl_to_the_reference(tmp_path, monkeypatch):
+    """TrainConfig.algorithm = 'dipo': the recorded rollout's rows, one per decoding step (no merging), in row
+    batches of `row_batch_size`, `row_batches_per_update` per optimizer update, with the rollout policy's and the
+    reference's (β > 0: the base, LoRA off) log-probs; the first call is on-policy at the reference (ρ = 1, KL 0);
+    the adapters move."""
+    _fixed_advantages(monkeypatch)
+    calls = _record_gradient_calls(monkeypatch)
+    updates = []
+    apply_update = steps.apply_update
+    monkeypatch.setattr(steps, "apply_update", lambda *a, **k: updates.append(1) or apply_update(*a, **k))
+    cfg = parse_config([DEMO], ONE_STEP + [
+        "experiment.dipo = @dllm_rl.DiPOConfig()", "dllm_rl.TrainConfig.algorithm = 'dipo'",
+        "dllm_rl.DiPOConfig.num_generations = 4", "dllm_rl.DiPOConfig.sampling_steps = 8",
+        "dllm_rl.DiPOConfig.row_batch_size = 8", "dllm_rl.DiPOConfig.row_batches_per_update = 3",
+        "dllm_rl.DiPOConfig.beta = 0.1"])
+    trainer = Trainer(cfg, tmp_path)
+    before = jax.tree.map(np.array, trainer.init_state(trainer.base_params)[0])
+    (row,) = trainer.train(progress=False)
+    keys = ("loss", "ratio_mean", "clip_fraction", "kl", "grad_norm")
+    assert all(np.isfinite(row[k]) for k in keys) and row["grad_norm"] > 0, {k: row[k] for k in keys}
+    assert row["trace_rows"] == 8 * 8  # 2 prompts × G=4, one row per each of the 8 steps: every row scores a token
+    assert len(calls) == 8 and len(updates) == 3  # 64 rows in batches of 8, 3 batches per update
+    _, old, ref, first = calls[0]
+    assert old.shape == ref.shape == (8, 8) and trainer.needs_ref
+    assert abs(first["ratio_mean"] - 1) < 1e-5 and abs(first["kl"]) < 1e-6, first
+    assert _moved(trainer, before) > 0
 
 
 def test_espo_trains_with_leave_one_out_advantages_and_old_ref_elbos_under_its_mask_keys(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from dllm_rl import paths
 from dllm_rl.checkpoint import load_model
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib
-from dllm_rl.rl import agrpo, diffu_grpo, dmpo, espo, evaluate as eval_lib, spg, tracerl, wd1
+from dllm_rl.rl import agrpo, diffu_grpo, dipo, dmpo, espo, evaluate as eval_lib, spg, tracerl, wd1
 from dllm_rl.sampling import SamplerConfig
 from dllm_rl.tasks import get_task
 
@@ -21,10 +21,13 @@ from dllm_rl.tasks import get_task
 # algorithm but AGRPO trains through `rl.steps.MASKED_OBJECTIVES` (rollouts prepared once, then their updates).
 ALGORITHMS = {"agrpo": ("agrpo", agrpo.AGRPOConfig), "diffu_grpo": ("diffu_grpo", diffu_grpo.DiffuGRPOConfig),
               "wd1": ("wd1", wd1.WD1Config), "dmpo": ("dmpo", dmpo.DMPOConfig),
-              "tracerl": ("tracerl", tracerl.TraceRLConfig), "espo": ("espo", espo.ESPOConfig),
-              "spg": ("spg", spg.SPGConfig)}
+              "tracerl": ("tracerl", tracerl.TraceRLConfig), "dipo": ("dipo", dipo.DiPOConfig),
+              "espo": ("espo", espo.ESPOConfig), "spg": ("spg", spg.SPGConfig)}
 LossConfig = (agrpo.AGRPOConfig | diffu_grpo.DiffuGRPOConfig | wd1.WD1Config | dmpo.DMPOConfig
-              | tracerl.TraceRLConfig | espo.ESPOConfig | spg.SPGConfig)
+              | tracerl.TraceRLConfig | dipo.DiPOConfig | espo.ESPOConfig | spg.SPGConfig)
+
+# The algorithms whose rows follow the rollout's step record: (its config's class name, its rows' name).
+TRACE_ALGORITHMS = {"tracerl": ("TraceRLConfig", "TraceRL"), "dipo": ("DiPOConfig", "DiPO")}
 
 
 class TrainError(ValueError):
@@ -168,6 +171,7 @@ class ExperimentConfig:
     wd1: wd1.WD1Config | None = None
     dmpo: dmpo.DMPOConfig | None = None
     tracerl: tracerl.TraceRLConfig | None = None
+    dipo: dipo.DiPOConfig | None = None
     espo: espo.ESPOConfig | None = None
     spg: spg.SPGConfig | None = None
     lora: lora_lib.LoRAConfig | None = None
@@ -204,8 +208,9 @@ class ExperimentConfig:
             sizes["eval batch (eval_batch_size)"] = tc.eval_batch_size
         if tc.sft_steps:
             sizes["SFT batch (sft_batch_size)"] = tc.sft_batch_size
-        if tc.algorithm == "tracerl":
-            sizes["TraceRL row batch (TraceRLConfig.row_batch_size)"] = self.tracerl.row_batch_size
+        if tc.algorithm in TRACE_ALGORITHMS:
+            cls, name = TRACE_ALGORITHMS[tc.algorithm]
+            sizes[f"{name} row batch ({cls}.row_batch_size)"] = self.algorithm_config.row_batch_size
         sharding = mesh_lib.batch_sharding(mesh, 1, self.mesh.rules)
         for what, rows in sizes.items():
             try:
@@ -241,11 +246,13 @@ class ExperimentConfig:
                              f"({config_class.__name__}: bind experiment.{field})")
         if self.train.algorithm == "agrpo" and not self.rollout.record:
             raise TrainError("AGRPO rollouts must record (SamplerConfig.record=True): the loss re-scores each step")
-        if self.train.algorithm == "tracerl" and not self.rollout.record:
-            raise TrainError("TraceRL rollouts must record (SamplerConfig.record=True): its rows follow the trace")
-        if self.train.algorithm == "tracerl" and self.tracerl.sampling_steps != self.rollout.steps:
-            raise TrainError(f"TraceRLConfig.sampling_steps {self.tracerl.sampling_steps} must equal the rollout's "
-                             f"steps {self.rollout.steps} (it bounds the trace's distinct steps)")
+        if self.train.algorithm in TRACE_ALGORITHMS:
+            cls, name = TRACE_ALGORITHMS[self.train.algorithm]
+            if not self.rollout.record:
+                raise TrainError(f"{name} rollouts must record (SamplerConfig.record=True): its rows follow the trace")
+            if self.algorithm_config.sampling_steps != self.rollout.steps:
+                raise TrainError(f"{cls}.sampling_steps {self.algorithm_config.sampling_steps} must equal the "
+                                 f"rollout's steps {self.rollout.steps} (it bounds the trace's distinct steps)")
         if self.train.algorithm == "dmpo" and self.train.scale_rewards_by_std:
             raise TrainError("DMPO weighs rewards / alpha: set TrainConfig.scale_rewards_by_std = False")
         if self.train.algorithm == "spg":
@@ -255,7 +262,7 @@ class ExperimentConfig:
                                  f"at least num_t={num_t} blocks")
         if self.train.algorithm == "agrpo" and self.lora is not None and self.lora.dropout > 0:
             raise TrainError(f"LoRAConfig.dropout={self.lora.dropout} is only applied by diffu-GRPO, wd1, DMPO, "
-                             "TraceRL, ESPO and SPG; AGRPO's loss re-scores the sampling policy exactly, so set "
+                             "TraceRL, DiPO, ESPO and SPG; AGRPO's loss re-scores the sampling policy exactly, so set "
                              "LoRAConfig.dropout = 0 for AGRPO runs")
         self.rollout.validate()
         if self.rollout.temperature <= 0:

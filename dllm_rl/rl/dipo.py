@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
 from dllm_rl.rl import tracerl
-from dllm_rl.rl.objective import ForwardConfig, masked_mean
+from dllm_rl.rl.objective import ForwardConfig, check_kl_estimator, masked_mean, token_kl
 from dllm_rl.rl.tracerl import TraceRLBatch, TraceSamples
 
 Params = dict[str, Any]
@@ -49,8 +49,16 @@ class DiPOConfig(ForwardConfig):
     """DiPO settings (defaults: the official configs/rl.yaml); the model-call fields come from `ForwardConfig`.
     sampling_steps: the rollout's step count (rows per sample); clip_higher: added to the upper clip 1 + ε (official
     0.08, hard-coded); log_ratio_clamp: |logp − old| and |ref − logp| clamp before exp (official 10); kl_estimator
-    "k3" or "k1" (against the reference); reduction "row" (official trainer) or "token" (one official call)."""
+    "k3" or "k1" (against the reference); reduction "row" (official trainer) or "token" (one official call).
 
+    Trainer settings (`rl.steps.MASKED_OBJECTIVES`, as TraceRL's): num_generations (`num_response_per_task`); a
+    rollout's rows that score something are trained in order, `row_batch_size` rows per loss call
+    (`batch_size_lm`), `row_batches_per_update` calls averaged per optimizer update (the official
+    `gradient_accumulation_steps`, derived from `mini_batch_size`)."""
+
+    num_generations: int = 8
+    row_batch_size: int = 1
+    row_batches_per_update: int = 128
     sampling_steps: int = 512
     epsilon: float = 0.2
     clip_higher: float = 0.08
@@ -60,12 +68,12 @@ class DiPOConfig(ForwardConfig):
     reduction: str = "row"
 
     def __post_init__(self):
-        if self.kl_estimator not in ("k3", "k1"):
-            raise ValueError(f"DiPOConfig.kl_estimator={self.kl_estimator!r}; choose 'k3' or 'k1'")
+        check_kl_estimator("DiPOConfig", self.kl_estimator)
         if self.reduction not in ("row", "token"):
             raise ValueError(f"DiPOConfig.reduction={self.reduction!r}; choose 'row' or 'token'")
-        if self.sampling_steps < 1:
-            raise ValueError(f"DiPOConfig.sampling_steps must be ≥ 1, got {self.sampling_steps}")
+        for name in ("num_generations", "row_batch_size", "row_batches_per_update", "sampling_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiPOConfig.{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.epsilon < 1.0:
             raise ValueError(f"DiPOConfig.epsilon must be in [0, 1), got {self.epsilon}")
         super().__post_init__()
@@ -103,8 +111,7 @@ def dipo_token_loss(logp_NxL: jax.Array, old_logp_NxL: jax.Array | None, ref_log
     if config.beta:
         if ref_logp_NxL is None:
             raise ValueError("DiPOConfig.beta > 0 needs reference log-probs (ref_logp); set beta=0 to train without")
-        delta_NxL = logp_NxL - ref_logp_NxL.astype(jnp.float32)
-        kl_NxL = jnp.exp(jnp.clip(-delta_NxL, -c, c)) - 1.0 + delta_NxL if config.kl_estimator == "k3" else delta_NxL
+        kl_NxL = token_kl(logp_NxL, ref_logp_NxL.astype(jnp.float32), config.kl_estimator, clamp=c)
         per_token_NxL = per_token_NxL + config.beta * kl_NxL
         metrics["kl"] = masked_mean(kl_NxL, target_NxL)
     summed_NxL = jnp.where(target_NxL, per_token_NxL, 0.0)

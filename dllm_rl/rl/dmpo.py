@@ -19,7 +19,8 @@ What the official `DMPOTrainer` computes, and this module with it:
 With the official draws passed as `draws`, the ELBOs, weights, loss and gradients match the official code on the
 tiny model (tests/fixtures/dmpo_loss). Deliberate differences:
 - masks are drawn with JAX's generator; the prompt padding mask can be passed to the model as an attention mask
-  (the official passes none; the golden runs with `prompt_mask=None`);
+  (the official passes none; the golden runs with `prompt_mask=None`); the replicates go through the model
+  `copies_per_call` at a time (None: all in one call, as officially; the values are the same);
 - `mask_non_eos` masks only the tokens up to the first EOS, as documented; the official indexes with the
   trainer's int completion mask (`masked_index[~completion_mask] = False` selects rows −1 and −2 and un-masks them
   whole), which this module does not reproduce (default off in the official config and run script);
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
 from dllm_rl.rl.advantages import check_group_size
-from dllm_rl.rl.objective import ForwardConfig, completion_positions, model_inputs, token_log_probs
+from dllm_rl.rl.objective import ForwardConfig, completion_positions, in_chunks, model_inputs, token_log_probs
 
 Params = dict[str, Any]
 CENTERINGS = ("negative", "mean", "none")
@@ -55,6 +56,8 @@ class DMPOConfig(ForwardConfig):
     official `loss_antithetic` / `loss_mask_prob_clamp` / `loss_mask_non_eos` (the first two also apply to the
     ELBO). centering: "negative" (`advantage_centering_neg`), "mean", or "none" (`advantage_centering` off).
     prompt_keep_last (trainer): keep each prompt's last N tokens (the official `max_prompt_length` left truncation).
+    copies_per_call: replicate masks per model call, in the loss and the ELBO (None: all); fewer hold fewer logits
+    at once, at one extra forward per call for the backward, and give the same values.
     """
 
     alpha: float = 0.04
@@ -69,6 +72,7 @@ class DMPOConfig(ForwardConfig):
     centering: str = "negative"
     centering_strength: float = 1.0
     prompt_keep_last: int | None = None
+    copies_per_call: int | None = None
 
     def __post_init__(self):
         if self.alpha < 0:
@@ -85,6 +89,10 @@ class DMPOConfig(ForwardConfig):
                 raise ValueError(f"DMPOConfig.{name} must be ≥ 1, got {getattr(self, name)}")
             if name.endswith("replicates") and self.antithetic and getattr(self, name) % 2:
                 raise ValueError(f"DMPOConfig.{name} must be even with antithetic masks, got {getattr(self, name)}")
+        per_call = self.copies_per_call
+        if per_call is not None and (per_call < 1 or self.num_replicates % per_call or self.elbo_replicates % per_call):
+            raise ValueError(f"DMPOConfig.copies_per_call={per_call} must divide num_replicates {self.num_replicates} "
+                             f"and elbo_replicates {self.elbo_replicates} (or be None: all in one call)")
         super().__post_init__()
 
 
@@ -129,17 +137,21 @@ def replicate_masks(draws: MaskDraws, antithetic: bool, mask_prob_clamp: bool) -
 def masked_logps(model_config: llada.LLaDAConfig, params: Params, batch: DMPOBatch, masked_RxBxL: jax.Array,
                  config: DMPOConfig) -> jax.Array:
     """log p(x_j | x with replicate r's completion positions masked) [R, B, L], float32, every position (one
-    forward over the R·B rows; the prompt is never masked)."""
-    r = masked_RxBxL.shape[0]
+    forward over the R·B rows, or `config.copies_per_call` replicates at a time; the prompt is never masked)."""
     ids_BxT, att_BxT = model_inputs(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
     p = batch.prompt_ids.shape[1]
-    noisy_RxBxT = jnp.where(jnp.pad(masked_RxBxL, ((0, 0), (0, 0), (p, 0))), model_config.mask_token_id, ids_BxT)
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [R, B, ...] → [R·B, ...] replicate-major
-    att = None if att_BxT is None else flat(jnp.broadcast_to(att_BxT, (r, *att_BxT.shape)))
-    completion_RBxL = flat(jnp.broadcast_to(batch.completion_ids, masked_RxBxL.shape))
-    logits = llada.forward_at(model_config, params, flat(noisy_RxBxT), completion_positions(p, completion_RBxL), att,
-                              **config.forward_kwargs())
-    return token_log_probs(logits, completion_RBxL).reshape(masked_RxBxL.shape)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [C, B, ...] → [C·B, ...] replicate-major
+
+    def replicates_logps(masked_CxBxL):
+        c = masked_CxBxL.shape[0]
+        noisy_CxBxT = jnp.where(jnp.pad(masked_CxBxL, ((0, 0), (0, 0), (p, 0))), model_config.mask_token_id, ids_BxT)
+        att = None if att_BxT is None else flat(jnp.broadcast_to(att_BxT, (c, *att_BxT.shape)))
+        completion_CBxL = flat(jnp.broadcast_to(batch.completion_ids, masked_CxBxL.shape))
+        logits = llada.forward_at(model_config, params, flat(noisy_CxBxT), completion_positions(p, completion_CBxL),
+                                  att, **config.forward_kwargs())
+        return token_log_probs(logits, completion_CBxL).reshape(masked_CxBxL.shape)
+
+    return in_chunks(replicates_logps, masked_RxBxL, config.copies_per_call, "DMPOConfig.copies_per_call")
 
 
 def token_elbo(model_config: llada.LLaDAConfig, params: Params, batch: DMPOBatch, rng: jax.Array | None,

@@ -27,7 +27,7 @@ has no counterpart here; ESPO computes the logits under CUDA bf16 autocast (here
 
 Deliberate differences: the prompt padding mask is passed to the model as an attention mask (ESPO passes none; the
 golden runs with `prompt_mask=None`); masks are drawn with JAX's generator, not torch's (same distribution); the
-two copies of each pair and all MC pairs run in one model call.
+2·num_mc noised copies run `copies_per_call` at a time (None: all in one model call); the ELBO is the same.
 """
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ class ESPOConfig(ForwardConfig):
     `num_mc`: complementary mask pairs per ELBO. `prompt_keep_last` keeps each prompt's last N tokens (TRL's left
     truncation at `max_prompt_length`). `leave_one_out` (ESPO's code, default True): the trainer's advantages
     subtract the mean of the group's other rewards (False: the group mean); train.yaml's `scale_rewards` is
-    `TrainConfig.scale_rewards_by_std`.
+    `TrainConfig.scale_rewards_by_std`. `copies_per_call`: how many of an ELBO's 2·num_mc noised copies go through
+    the model in one call (None: all); fewer hold fewer logits at once, at one extra forward per call for the
+    backward, and give the same ELBO.
     """
 
     num_iterations: int = 2
@@ -64,6 +66,7 @@ class ESPOConfig(ForwardConfig):
     num_generations: int = 10
     prompt_keep_last: int | None = None
     leave_one_out: bool = True
+    copies_per_call: int | None = None
 
     def __post_init__(self):
         if self.num_iterations < 1 or self.num_mc < 1:
@@ -76,6 +79,9 @@ class ESPOConfig(ForwardConfig):
             raise ValueError(f"ESPOConfig.epsilon must be in [0, 1), got {self.epsilon}")
         if self.prompt_keep_last is not None and self.prompt_keep_last < 1:
             raise ValueError(f"ESPOConfig.prompt_keep_last must be None or ≥ 1, got {self.prompt_keep_last}")
+        if self.copies_per_call is not None and (self.copies_per_call < 1 or 2 * self.num_mc % self.copies_per_call):
+            raise ValueError(f"ESPOConfig.copies_per_call={self.copies_per_call} must divide the 2·num_mc = "
+                             f"{2 * self.num_mc} noised copies of an ELBO (or be None: all in one call)")
         super().__post_init__()
 
 
@@ -106,7 +112,8 @@ def sequence_elbo(model_config: llada.LLaDAConfig, params: Params, batch: ESPOBa
     is_mask_2MxBxT = jnp.concatenate([jnp.zeros((2 * num_mc, b, batch.prompt_ids.shape[1]), bool),
                                       jnp.concatenate([m_MxBxL, ~m_MxBxL])], axis=-1)
     lp_2MxBxL = noised_completion_logps(model_config, params, batch.prompt_ids, batch.prompt_mask,
-                                        batch.completion_ids, is_mask_2MxBxT, config)
+                                        batch.completion_ids, is_mask_2MxBxT, config, config.copies_per_call,
+                                        "ESPOConfig.copies_per_call")
     return elbo_from_logps(lp_2MxBxL, m_MxBxL)
 
 

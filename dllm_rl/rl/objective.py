@@ -1,4 +1,5 @@
-"""The pieces every loss of the package shares: model inputs, token log-probs, masked means, PPO clip + k3 KL.
+"""The pieces every loss of the package shares: model inputs, token log-probs, masked means, PPO clip, the KL
+estimators (k3, k1), and running a model call over noised copies in chunks (`in_chunks`).
 
 The AGRPO (`agrpo`), diffu-GRPO (`diffu_grpo`) and SFT (`sft`) losses differ in which positions they score and
 how they weight them (docs/algorithm.md); what they have in common is written once here. `ForwardConfig` holds the
@@ -36,6 +37,21 @@ class ForwardConfig:
         return dict(compute_dtype=self.compute_dtype, remat=self.remat, attention_impl=self.attention_impl)
 
 
+def in_chunks(fn, x_NxR: jax.Array, per_call: int | None, what: str) -> jax.Array:
+    """fn(x) [N, ...] computed `per_call` rows of x's leading axis at a time (None or ≥ N: one call), the results
+    concatenated: the same values, but only one chunk's activations (the logits over the vocabulary) live at a
+    time. The chunks run in a `lax.scan` whose body is rematerialised, so the backward recomputes each chunk's
+    forward instead of keeping every chunk's logits (one extra forward). `what` names the knob in the error."""
+    n = x_NxR.shape[0]
+    if per_call is None or per_call >= n:
+        return fn(x_NxR)
+    if per_call < 1 or n % per_call:
+        raise ValueError(f"{what}={per_call} must divide the {n} noised copies of a call (or be None: all at once)")
+    chunked = x_NxR.reshape(n // per_call, per_call, *x_NxR.shape[1:])
+    _, y = jax.lax.scan(lambda carry, x: (carry, jax.checkpoint(fn)(x)), None, chunked)
+    return y.reshape(n, *y.shape[2:])
+
+
 def model_inputs(prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array | None, completion_ids_BxL: jax.Array
                  ) -> tuple[jax.Array, jax.Array | None]:
     """(input ids [B, T], attention mask [B, T] bool or None): prompt then completion, in the prompt's int dtype.
@@ -64,6 +80,26 @@ def k3(ref_logp: jax.Array, logp: jax.Array) -> jax.Array:
     """Schulman's k3 estimator of KL(π_θ ‖ π_ref) per token: e^δ − δ − 1 with δ = log π_ref − log π_θ (≥ 0)."""
     delta = ref_logp - logp
     return jnp.exp(delta) - delta - 1.0
+
+
+KL_ESTIMATORS = ("k3", "k1")
+
+
+def check_kl_estimator(owner: str, estimator: str) -> None:
+    """A ValueError naming `owner`'s field unless `estimator` is one of `KL_ESTIMATORS`."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"{owner}.kl_estimator={estimator!r}; choose one of {KL_ESTIMATORS}")
+
+
+def token_kl(logp: jax.Array, against_logp: jax.Array, estimator: str, clamp: float | None = None) -> jax.Array:
+    """Per-token estimate of KL(π_θ ‖ π_against): "k3" (`k3`; with `clamp`, its exponent δ = against − logp clipped
+    to ±clamp first, as DiPO's official code does) or "k1" (logp − against)."""
+    if estimator == "k1":
+        return logp - against_logp
+    if clamp is None:
+        return k3(against_logp, logp)
+    delta = against_logp - logp
+    return jnp.exp(jnp.clip(delta, -clamp, clamp)) - delta - 1.0
 
 
 def clipped_token_loss(logp_BxN: jax.Array, old_logp_BxN: jax.Array, ref_logp_BxN: jax.Array | None,

@@ -1,6 +1,6 @@
 """The jitted step functions of the trainer: per-micro-batch gradients (AGRPO; the objectives of `MASKED_OBJECTIVES`:
-d1's diffu-GRPO, wd1, DMPO, TraceRL, ESPO, SPG, with their rollout-time preparation), the optimizer update, the SFT
-update, and the sampler's view of the policy params (the unmerged LoRA path).
+d1's diffu-GRPO, wd1, DMPO, TraceRL, DiPO, ESPO, SPG, with their rollout-time preparation), the optimizer update,
+the SFT update, and the sampler's view of the policy params (the unmerged LoRA path).
 
 Static arguments (model, loss and LoRA configs, the optax transformation) are hashable, so each distinct setup
 compiles once. The update functions donate the trainable params and optimizer state and return them in the
@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dllm_rl.models import lora as lora_lib
-from dllm_rl.rl import agrpo, diffu_grpo, dmpo, espo, sft, spg, tracerl, wd1
+from dllm_rl.rl import agrpo, diffu_grpo, dipo, dmpo, espo, sft, spg, tracerl, wd1
 from dllm_rl.sampling import expand
 
 
@@ -192,12 +192,14 @@ def _take_rows(rows, index, keep):
     return picked._replace(target=picked.target & keep[:, None])
 
 
-def _tracerl_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config):
-    """TraceRL: the trace rows, the rows that score nothing dropped (as officially) and the rest split in order into
-    micro-batches of `row_batch_size` (the last padded with rows that score nothing), each with the rollout
-    policy's token log-probs (and the reference's with `kl_reference="ref"`, β > 0)."""
+def _trace_prepare(trainable, frozen, ref_params, samples, micro, rng, *, model_config, config, lora_config,
+                   rows_config, uses_ref):
+    """TraceRL / DiPO: the trace rows (`tracerl.trace_rows` with `rows_config(config)`), the rows that score nothing
+    dropped (as officially) and the rest split in order into micro-batches of `row_batch_size` (the last padded
+    with rows that score nothing), each with the rollout policy's token log-probs (and the reference's where
+    `uses_ref(config)`)."""
     del micro, rng  # the trace fixes every input
-    rows, valid_N = _trace_rows(samples, config=config, pad_token_id=model_config.pad_token_id)
+    rows, valid_N = _trace_rows(samples, config=rows_config(config), pad_token_id=model_config.pad_token_id)
     index = np.flatnonzero(multihost_utils.process_allgather(valid_N, tiled=True))
     n = config.row_batch_size
     padded = np.zeros(-(-len(index) // n) * n, np.int32)
@@ -208,9 +210,7 @@ def _tracerl_prepare(trainable, frozen, ref_params, samples, micro, rng, *, mode
     for c in range(0, len(padded), n):
         chunk = _take_rows(rows, padded[c:c + n], keep[c:c + n])
         old = score(trainable, frozen, chunk, None, lora_config=lora_config, **kw)
-        ref = None
-        if config.beta and config.kl_reference == "ref":
-            ref = score(ref_params, None, chunk, None, lora_config=None, **kw)
+        ref = score(ref_params, None, chunk, None, lora_config=None, **kw) if uses_ref(config) else None
         units.append((chunk, None, old, ref))
     return units, {"trace_rows": float(len(index))}
 
@@ -237,13 +237,13 @@ def _dmpo_unit_like(array, samples, config):
                           array((b,), jnp.float32), array((b,), jnp.float32)), None, None
 
 
-def _tracerl_unit_like(array, samples, config):
+def _trace_unit_like(array, samples, config, *, uses_ref):
     n, (p, length) = config.row_batch_size, (samples.prompt_ids.shape[1], samples.completion_ids.shape[1])
     mask = None if samples.prompt_mask is None else array((n, p), jnp.int32)
     batch = tracerl.TraceRLBatch(array((n, p), jnp.int32), mask, array((n, length), jnp.int32),
                                  array((n, length), bool), array((n, length), bool),
                                  array((n,), jnp.float32))
-    ref = array((n, length), jnp.float32) if config.beta and config.kl_reference == "ref" else None
+    ref = array((n, length), jnp.float32) if uses_ref(config) else None
     return batch, array((n, length), jnp.float32), ref
 
 
@@ -262,6 +262,23 @@ def _tracerl_grad(trainable, frozen, batch, rng, old_logp, ref_logp, **kw):
     return tracerl.tracerl_grad(trainable, frozen, batch, old_logp, ref_logp, **kw)
 
 
+def _dipo_grad(trainable, frozen, batch, rng, old_logp, ref_logp, **kw):
+    del rng  # the trace fixes every input
+    return dipo.dipo_grad(trainable, frozen, batch, old_logp, ref_logp, **kw)
+
+
+def _tracerl_uses_ref(config):
+    return bool(config.beta) and config.kl_reference == "ref"
+
+
+def _dipo_uses_ref(config):
+    return bool(config.beta)  # DiPO's KL is against the reference
+
+
+_tracerl_prepare = functools.partial(_trace_prepare, rows_config=lambda c: c, uses_ref=_tracerl_uses_ref)
+_dipo_prepare = functools.partial(_trace_prepare, rows_config=dipo.DiPOConfig.rows_config, uses_ref=_dipo_uses_ref)
+
+
 # TrainConfig.algorithm → its objective, for every algorithm but AGRPO.
 MASKED_OBJECTIVES = {
     "diffu_grpo": MaskedObjective(functools.partial(_one_step_prepare, uses_old=True), iterated,
@@ -274,10 +291,12 @@ MASKED_OBJECTIVES = {
                            logged=("seq_logp_mean", "pos_weight_max")),
     "dmpo": MaskedObjective(_dmpo_prepare, iterated, _dmpo_grad, needs_ref=lambda c: c.alpha > 0,
                             unit_like=_dmpo_unit_like, records=False, logged=("dce", "mask_fraction")),
-    "tracerl": MaskedObjective(_tracerl_prepare, in_order, _tracerl_grad,
-                               needs_ref=lambda c: bool(c.beta) and c.kl_reference == "ref",
-                               unit_like=_tracerl_unit_like, records=True,
-                               logged=("policy_loss", "ratio_mean", "clip_fraction", "kl")),
+    "tracerl": MaskedObjective(_tracerl_prepare, in_order, _tracerl_grad, needs_ref=_tracerl_uses_ref,
+                               unit_like=functools.partial(_trace_unit_like, uses_ref=_tracerl_uses_ref),
+                               records=True, logged=("policy_loss", "ratio_mean", "clip_fraction", "kl")),
+    "dipo": MaskedObjective(_dipo_prepare, in_order, _dipo_grad, needs_ref=_dipo_uses_ref,
+                            unit_like=functools.partial(_trace_unit_like, uses_ref=_dipo_uses_ref), records=True,
+                            logged=("ratio_mean", "clip_fraction", "kl")),
     "espo": MaskedObjective(_espo_prepare, iterated, espo.espo_grad, needs_ref=lambda c: bool(c.beta),
                             unit_like=_espo_unit_like, records=False,
                             logged=("ratio_mean", "clip_ratio", "clip_ratio_low", "clip_ratio_high", "kl")),

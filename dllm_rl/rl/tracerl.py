@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 from dllm_rl.models import llada
 from dllm_rl.models.lora import LoRAConfig, policy_params
-from dllm_rl.rl.objective import (ForwardConfig, completion_positions, k3, masked_mean, model_inputs,
-                                  token_log_probs)
+from dllm_rl.rl.objective import (ForwardConfig, check_kl_estimator, completion_positions, masked_mean,
+                                  model_inputs, token_kl, token_log_probs)
 
 Params = dict[str, Any]
 
@@ -65,8 +65,7 @@ class TraceRLConfig(ForwardConfig):
     kl_reference: str = "old"
 
     def __post_init__(self):
-        if self.kl_estimator not in ("k3", "k1"):
-            raise ValueError(f"TraceRLConfig.kl_estimator={self.kl_estimator!r}; choose 'k3' or 'k1'")
+        check_kl_estimator("TraceRLConfig", self.kl_estimator)
         if self.kl_reference not in ("old", "ref"):
             raise ValueError(f"TraceRLConfig.kl_reference={self.kl_reference!r}; choose 'old' or 'ref'")
         for name in ("num_generations", "row_batch_size", "row_batches_per_update", "sampling_steps", "shrink"):
@@ -173,7 +172,7 @@ def trace_token_loss(logp_NxL: jax.Array, old_logp_NxL: jax.Array, ref_logp_NxL:
     if config.kl_reference == "ref" and ref_logp_NxL is None:
         raise ValueError("TraceRLConfig.kl_reference='ref' with beta > 0 needs reference log-probs (ref_logp)")
     against_NxL = old_logp_NxL if config.kl_reference == "old" else ref_logp_NxL
-    kl_NxL = k3(against_NxL, logp_NxL) if config.kl_estimator == "k3" else logp_NxL - against_NxL
+    kl_NxL = token_kl(logp_NxL, against_NxL, config.kl_estimator)
     kl_loss = config.beta * jnp.sum(jnp.where(target_NxL, kl_NxL, 0.0)) / rows
     metrics.update(kl=masked_mean(kl_NxL, target_NxL), kl_loss=kl_loss)
     return policy_loss + kl_loss, metrics

@@ -2,9 +2,9 @@
 
 The trainer only wires the pure pieces together (docs/architecture.md): `sampling.generate` (record=True)
 produces the AGRPO rollout, `rl.rewards` scores it with the task and centres rewards per group (or leave-one-out),
-`rl.steps` gives gradients (AGRPO, or a masked objective: diffu-GRPO, wd1, DMPO, TraceRL, ESPO, SPG) and updates
-the trainable leaves (LoRA adapters or all params). Everything random derives from `TrainConfig.seed` folded with
-the step number, and the data iterator's state is checkpointed with the params and optimizer state
+`rl.steps` gives gradients (AGRPO, or a masked objective: diffu-GRPO, wd1, DMPO, TraceRL, DiPO, ESPO, SPG) and
+updates the trainable leaves (LoRA adapters or all params). Everything random derives from `TrainConfig.seed`
+folded with the step number, and the data iterator's state is checkpointed with the params and optimizer state
 (`rl.train_state`), so a run killed at any point and restarted from its workdir continues exactly as an
 uninterrupted run would (same rollouts, same metrics).
 
@@ -252,10 +252,10 @@ class Trainer:
 
     def _masked_micro_batches(self, trainable, frozen, examples_per_micro, key, step_row_key):
         """Rollouts of every micro-batch, each prepared by its objective (`steps.MASKED_OBJECTIVES`: d1's
-        diffu-GRPO, wd1, DMPO, TraceRL, ESPO, SPG): [(the arguments of its gradient calls, its metrics)].
+        diffu-GRPO, wd1, DMPO, TraceRL, DiPO, ESPO, SPG): [(the arguments of its gradient calls, its metrics)].
 
         Rollouts use LLaDA's sampler semantics (record=False: low confidence from the untempered softmax, no
-        truncation record, no early stop), as d1 samples, unless the objective `records` (TraceRL: the configured
+        truncation record, no early stop), as d1 samples, unless the objective `records` (TraceRL, DiPO: the configured
         sampler, record=True). `prepare` computes the rollout-time quantities (old / reference policy) right after
         each rollout, with the params that sampled it.
         """
