@@ -21,7 +21,7 @@ def test_every_shipped_gin_parses_and_validates(path):
     # config against the shipped demo model instead.
     demo_model = ModelSource(init_config="dllm_rl/assets/demo_model/config.json", dtype="float32")
     dataclasses.replace(cfg, model=demo_model).validate()
-    assert cfg.train.task in ("gsm8k", "math", "countdown", "sudoku", "reverse", "increment", "add")
+    assert cfg.train.task in ("gsm8k", "math", "countdown", "sudoku", "reverse", "increment", "add_const")
 
 
 def test_gin_typo_fails_with_gins_message():

@@ -119,7 +119,7 @@ def test_methods_run_the_grid_of_methods_and_seeds_into_one_table_and_one_plot(t
 
 @pytest.mark.slow
 def test_the_method_comparison_runs_every_method_and_resumes_without_retraining(tmp_path):
-    """demo_add.gin × AGRPO, diffu-GRPO and wd1 × 1 seed, shrunk (1 RL step, 8 test examples), twice: each method's run trains
+    """demo_add_const.gin × AGRPO, diffu-GRPO and wd1 × 1 seed, shrunk (1 RL step, 8 test examples), twice: each method's run trains
     its own objective with the config's group size, and the second call trains nothing."""
     tiny = [a for b in ("dllm_rl.TrainConfig.num_steps = 1", "dllm_rl.TrainConfig.sft_steps = 2",
                         "dllm_rl.TrainConfig.eval_every = 1", "dllm_rl.TrainConfig.eval_examples = 8",
@@ -127,7 +127,7 @@ def test_the_method_comparison_runs_every_method_and_resumes_without_retraining(
                         "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.AGRPOConfig.mc_samples = 2")
             for a in ("--gin_binding", b)]
     methods = "agrpo,diffu_grpo,wd1"
-    args = ["--gin", "experiments/configs/demo_add.gin", "--methods", methods, "--seeds", "0",
+    args = ["--gin", "experiments/configs/demo_add_const.gin", "--methods", methods, "--seeds", "0",
             "--out_dir", str(tmp_path), "--test_examples", "8", *tiny]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     for _ in range(2):
@@ -139,6 +139,6 @@ def test_the_method_comparison_runs_every_method_and_resumes_without_retraining(
         assert len(starts) == 1, starts  # the second sweep found the run finished and did not start it
         operative = starts[0].read_text()  # gin writes the bindings without the module: TrainConfig.task
         loss_config = sweep.ALGORITHMS[method][1].__name__
-        assert f"TrainConfig.algorithm = '{method}'" in operative and "TrainConfig.task = 'add'" in operative
+        assert f"TrainConfig.algorithm = '{method}'" in operative and "TrainConfig.task = 'add_const'" in operative
         assert f"{loss_config}.num_generations = 4" in operative
     assert "| wd1 | 1 |" in (tmp_path / "summary.md").read_text()

@@ -588,3 +588,25 @@ def test_the_run_traces_under_the_configured_rules(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_train", lambda *args: seen.append(mesh_lib.current_rules()) or [])
     trainer.train(progress=False)
     assert seen == [rules] and mesh_lib.current_rules() == mesh_lib.DEFAULT_RULES
+
+
+def test_sft_cache_trains_each_warm_start_once_and_later_runs_load_it_exactly(tmp_path, monkeypatch):
+    """With `sft_cache_dir` the first run trains and saves its warm start; a run of another method with the same
+    seed loads it, bit for bit, without an SFT step; another seed or SFT budget has its own entry."""
+    cache = tmp_path / "sft_cache"
+    sft = ["dllm_rl.TrainConfig.sft_steps = 2", "dllm_rl.TrainConfig.sft_batch_size = 8",
+           f"dllm_rl.TrainConfig.sft_cache_dir = '{cache}'"]
+    first = Trainer(parse_config([DEMO], sft), tmp_path / "agrpo")
+    trained = jax.tree.map(np.asarray, first.warm_start(first.base_params, progress=False))
+    assert os.listdir(cache) == [first.sft_cache_key()]
+
+    def no_sft(*args, **kwargs):
+        raise AssertionError("the cached warm start was trained again")
+
+    monkeypatch.setattr(steps, "sft_update", no_sft)
+    d1 = Trainer(parse_config([DEMO, os.path.join(ROOT, "experiments/configs/demo_d1.gin")], sft), tmp_path / "d1")
+    loaded = d1.warm_start(d1.base_params, progress=False)
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), trained, loaded))
+    assert not jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), trained, d1.base_params))
+    for other in ("dllm_rl.TrainConfig.seed = 1", "dllm_rl.TrainConfig.sft_steps = 3"):
+        assert Trainer(parse_config([DEMO], [*sft, other]), tmp_path / "x").sft_cache_key() != first.sft_cache_key()

@@ -104,6 +104,11 @@ class TrainConfig:
     group's other rewards where the loss config says so: `ExperimentConfig.leave_one_out_advantages`), divided by
     the group std (+1e-4) with `scale_rewards_by_std`.
 
+    With `sft_cache_dir`, the SFT warm start (`sft_steps` > 0) is saved there under a key of every setting it
+    depends on (`Trainer.sft_cache_key`) and loaded, not trained again, by a later run with the same key: a method
+    sweep then trains each seed's warm start once. The key names settings, not code: empty the folder after
+    changing a task's demonstrations or the SFT step.
+
     Defaults follow the released GSM8K train.yaml (lr 5e-6 cosine, warmup 1 %, AdamW β=(0.9, 0.99), weight
     decay 0.01, clip 1.0, 2 micro-batches of one prompt group each per step, seed 333).
     """
@@ -138,6 +143,7 @@ class TrainConfig:
     sft_steps: int = 0
     sft_batch_size: int = 32
     sft_learning_rate: float = 1e-3
+    sft_cache_dir: str | None = None
     scale_rewards_by_std: bool = False
 
     def validate(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from dllm_rl import metrics as metrics_lib, paths, plots, progress as progress_lib
 from dllm_rl.atomic import atomic_directory
-from dllm_rl.checkpoint import copy_side_files, save_orbax
+from dllm_rl.checkpoint import copy_side_files, load_orbax, save_orbax
 from dllm_rl.export import export_peft
 from dllm_rl.models import llada, lora as lora_lib
 from dllm_rl.parallel import mesh as mesh_lib, multihost
@@ -129,7 +130,32 @@ class Trainer:
 
     # ---- warm start and evaluation ---------------------------------------------------------------------------
 
+    def sft_cache_key(self) -> str:
+        """The `sft_cache_dir` entry of this run's warm start: its seed and a hash of every setting the warm start
+        reads (task, split, prompt style and length, rollout length, SFT steps, batch and rate, model source, mesh)."""
+        tc, cfg = self.train_cfg, self.cfg
+        settings = {name: getattr(tc, name) for name in ("seed", "task", "train_split", "prompt_style",
+                                                          "max_prompt_length", "sft_steps", "sft_batch_size",
+                                                          "sft_learning_rate")}
+        settings.update(gen_length=cfg.rollout.gen_length, model=dataclasses.asdict(cfg.model),
+                        mesh=dataclasses.asdict(cfg.mesh))
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return f"seed_{tc.seed}_{digest}"
+
     def warm_start(self, params, progress: bool = True):
+        """The SFT warm start: loaded from `sft_cache_dir` when it holds this run's (`sft_cache_key`), else
+        trained (`train_warm_start`) and saved there."""
+        if not self.train_cfg.sft_cache_dir:
+            return self.train_warm_start(params, progress)
+        cached = os.path.join(self.train_cfg.sft_cache_dir, self.sft_cache_key())
+        if paths.absolute(cached).is_dir():
+            progress_lib.say(f"SFT warm start: loaded from {cached}")
+            return load_orbax(cached, dtype=self.cfg.model.dtype, shardings=self.param_shardings(self.model_config))[1]
+        params = self.train_warm_start(params, progress)
+        self.export(params, cached)
+        return params
+
+    def train_warm_start(self, params, progress: bool = True):
         """Masked-diffusion SFT on the training split's reference answers (EOS-padded to the rollout length)."""
         tc, length = self.train_cfg, self.cfg.rollout.gen_length
         tx = make_sft_optimizer(tc)

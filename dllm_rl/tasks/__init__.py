@@ -1,5 +1,5 @@
-"""Tasks (GSM8K, MATH, Countdown, Sudoku; the procedural digit-string tasks `increment` (the CPU demo's), `add` and
-`reverse`): data, prompts, rewards, metrics.
+"""Tasks (GSM8K, MATH, Countdown, Sudoku; the procedural digit-string tasks `increment` (the CPU demo's),
+`add_const` (the CPU method comparison's) and `reverse`): data, prompts, rewards, metrics.
 
     task = get_task("gsm8k")
     example = task.load("train")[0]
@@ -12,7 +12,7 @@
 See README.md in this folder for the reproduced quirks and bounds, docs/reference_quirks.md for the
 reference behaviours reproduced on purpose, and data/README.md for data provenance.
 """
-from dllm_rl.tasks import (add, countdown, gsm8k, increment, math_task, reverse,  # noqa: F401  (registers the tasks)
+from dllm_rl.tasks import (add_const, countdown, gsm8k, increment, math_task, reverse,  # noqa: F401  (registers the tasks)
                            sudoku)
 from dllm_rl.tasks.base import (MAX_COMPLETION_CHARS, PROMPT_STYLES, REWARD_STYLES, RewardBreakdown, Score, Task,
                                 get_task, list_tasks, render_prompt, render_prompts)
