@@ -41,8 +41,9 @@ worker's environment is what a login shell on the VM would have, plus the facts 
   127.0.0.1:<port>, the other workers connect to it, and the processes' CPU devices form one mesh (with gloo
   collectives, which `dllm_rl.parallel.multihost` turns on).
 - JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count=4 (4 fake devices per worker, a v4
-  host's 4 chips; plus the `xla_flags` given to `install`); TMPDIR=HOME/tmp, since the workers share this machine's /tmp; PATH = worker_bin, then the
-  PATH the test installed the fake with (which holds this gcloud, so workers can call `gcloud storage ...`).
+  host's 4 chips; then the `xla_flags` given to `install`); TMPDIR=HOME/tmp, since the workers share this
+  machine's /tmp; PATH = worker_bin, then the PATH the test installed the fake with (which holds this gcloud, so
+  workers can call `gcloud storage ...`).
 
 Installing: tpu/setup.sh runs `python3 -m pip install --user --upgrade uv`, `python3 -m uv venv ... .venv` and
 `python3 -m uv pip install --python .venv/bin/python -e .[gcs] jax[tpu]...`, which cannot download here. The
