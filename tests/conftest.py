@@ -45,7 +45,8 @@ _COSTLIEST_MODULES_FIRST = ("test_train.py", "test_sampling.py", "test_multihost
 # The fast tier's programs are tiny and mostly run a few times, so compiling them is most of its time: it compiles
 # with LLVM's optimisations off (about half the compile time for 1.5-2x slower execution; the same HLO, rounding
 # may differ in the last bits, e.g. without fused multiply-adds). The slow tier keeps XLA's defaults: its end-to-end
-# runs execute for long (its subprocesses that only compile and run a few steps ask for the flags themselves).
+# runs execute for long (its subprocesses that compile much and execute little ask for the flags themselves:
+# tests/helpers/xla_env.py).
 # Subprocesses inherit the flags (tests/helpers/xla_env.py keeps them with the device count).
 def pytest_configure(config):
     if config.getoption("markexpr", "").strip() == "slow":

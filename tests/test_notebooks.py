@@ -12,8 +12,6 @@ import sysconfig
 
 import pytest
 
-from tests.helpers.xla_env import xla_flags
-
 nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[test]' installs nbclient and ipykernel")
 nbformat = pytest.importorskip("nbformat")
 
@@ -74,7 +72,6 @@ def test_quickstart_installs_itself_outside_a_checkout_and_runs_the_demo(tmp_pat
     monkeypatch.setenv("DLLM_RL_QUICK", "1")
     monkeypatch.setenv("DLLM_RL_WORKDIR", str(tmp_path / "run"))
     monkeypatch.setenv("PYTHONPATH", "")
-    monkeypatch.setenv("XLA_FLAGS", xla_flags(fast_compile=True))  # 2 SFT + 2 RL steps: compiling dominates
     outputs = execute("quickstart.ipynb", outside, kernel)
     assert f"installed dllm_rl @ git+{url}" in outputs[0], outputs[0]
     location = re.search(r"dllm_rl from (\S+)", outputs[1]).group(1)

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from experiments import sweep
-from tests.helpers.xla_env import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +44,7 @@ def test_the_documented_sweep_runs_and_resumes_without_retraining(tmp_path):
                     "dllm_rl.TrainConfig.eval_batch_size = 8", "dllm_rl.TrainConfig.prompts_per_micro_batch = 2",
                     "dllm_rl.AGRPOConfig.num_generations = 4", "dllm_rl.DiffuGRPOConfig.num_generations = 4",
                     "dllm_rl.AGRPOConfig.mc_samples = 2") for a in ("--gin_binding", b)]
-    env = fast_compile_env()  # compile-bound: a few steps per run
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     for _ in range(2):
         subprocess.run([sys.executable, "-m", "experiments.sweep", *args, *tiny], check=True, cwd=REPO, env=env,
                        timeout=1200)
@@ -130,7 +129,7 @@ def test_the_method_comparison_runs_every_method_and_resumes_without_retraining(
     methods = "agrpo,diffu_grpo,wd1"
     args = ["--gin", "experiments/configs/demo_add.gin", "--methods", methods, "--seeds", "0",
             "--out_dir", str(tmp_path), "--test_examples", "8", *tiny]
-    env = fast_compile_env()  # compile-bound: a few steps per run
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     for _ in range(2):
         subprocess.run([sys.executable, "-m", "experiments.sweep", *args], check=True, cwd=REPO, env=env, timeout=1200)
     summary = json.loads((tmp_path / "summary.json").read_text())

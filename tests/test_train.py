@@ -21,7 +21,7 @@ from dllm_rl.rl import steps
 from dllm_rl.rl.config import TrainError
 from dllm_rl.rl.train import TIMING_KEYS, Trainer
 from experiments.run import parse_config
-from tests.helpers.xla_env import fake_devices_env, fast_compile_env
+from tests.helpers.xla_env import fake_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "experiments/configs/demo.gin")
@@ -136,14 +136,13 @@ def test_trainer_runs_the_splash_loss_per_device_under_its_mesh():
 
 
 def _run(workdir, extra=(), **popen):
-    # The session's compilation cache (tests/conftest.py): the runs below compile the same programs. A few steps
-    # each: compiling dominates, so they compile fast in either tier.
+    # The session's compilation cache (tests/conftest.py): the runs below compile the same programs.
     cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress",
            "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"]]
     for b in SMALL + list(extra):
         cmd += ["--gin_binding", b]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=fast_compile_env(), **popen)
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), **popen)
 
 
 def _wait_for_step(workdir, step, proc, timeout=600):

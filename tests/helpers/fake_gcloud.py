@@ -41,9 +41,8 @@ worker's environment is what a login shell on the VM would have, plus the facts 
   127.0.0.1:<port>, the other workers connect to it, and the processes' CPU devices form one mesh (with gloo
   collectives, which `dllm_rl.parallel.multihost` turns on).
 - JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count=4 (4 fake devices per worker, a v4
-  host's 4 chips; then the `xla_flags` given to `install`); TMPDIR=HOME/tmp, since the workers share this
-  machine's /tmp; PATH = worker_bin, then the PATH the test installed the fake with (which holds this gcloud, so
-  workers can call `gcloud storage ...`).
+  host's 4 chips); TMPDIR=HOME/tmp, since the workers share this machine's /tmp; PATH = worker_bin, then the
+  PATH the test installed the fake with (which holds this gcloud, so workers can call `gcloud storage ...`).
 
 Installing: tpu/setup.sh runs `python3 -m pip install --user --upgrade uv`, `python3 -m uv venv ... .venv` and
 `python3 -m uv pip install --python .venv/bin/python -e .[gcs] jax[tpu]...`, which cannot download here. The
@@ -82,13 +81,11 @@ class Failure(Exception):
         self.status = status
 
 
-def install(root: pathlib.Path, bin_dir: pathlib.Path, path: str, python: str = sys.executable,
-            xla_flags: str = "") -> dict:
+def install(root: pathlib.Path, bin_dir: pathlib.Path, path: str, python: str = sys.executable) -> dict:
     """Sets up the state root and writes `bin_dir/gcloud`; returns the environment variables the scripts need.
 
     path: the PATH the scripts run with (bin_dir first); the workers get worker_bin, then this PATH.
     python: the interpreter the fake gcloud runs with and the workers' `.venv/bin/python` execs.
-    xla_flags: XLA flags every worker gets after its device count (e.g. tests/helpers/xla_env.py's fast compile).
     """
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("gcs", "slices", "queued", "workers", "worker_bin"):
@@ -98,8 +95,7 @@ def install(root: pathlib.Path, bin_dir: pathlib.Path, path: str, python: str = 
     real_python3 = shutil.which("python3", path=shim_path)
     if real_python3 is None:
         raise RuntimeError("no python3 on PATH")
-    (root / "config.json").write_text(json.dumps({"python": python, "real_python3": real_python3, "path": path,
-                                                  "xla_flags": xla_flags}))
+    (root / "config.json").write_text(json.dumps({"python": python, "real_python3": real_python3, "path": path}))
     gcloud = bin_dir / "gcloud"
     gcloud.write_text(f"#!/bin/sh\nexec {python} {here} \"$@\"\n")
     gcloud.chmod(0o755)
@@ -331,7 +327,7 @@ def worker_env(node: dict, worker: int, port: int) -> dict:
         ROOT_ENV: str(_root()),
         WORKER_ENV: str(worker),
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_WORKER} {config['xla_flags']}".strip(),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_WORKER}",
         "SLURM_JOB_ID": str(port),
         "SLURM_STEP_NODELIST": node["networkEndpoints"][0]["ipAddress"],
         "SLURM_NTASKS": str(node["workers"]),

@@ -3,8 +3,10 @@ other XLA flags.
 
 `FAST_COMPILE_FLAGS` turn LLVM's optimisations off: about half the compile time for 1.5-2x slower execution (the
 same HLO; rounding may differ in the last bits). tests/conftest.py sets them for the whole fast tier; slow-tier
-tests whose subprocesses only compile and run a few steps (sweeps, two-process runs, the tpu/ recipe) ask for them
-with `fast_compile=True`. The demo-accuracy tests, which execute hundreds of steps, keep XLA's defaults.
+subprocesses that compile much and execute little (test_multihost's runs with one evaluation row per device, the
+8-device MoE layer check) ask for them with `fast_compile=True`. Runs that evaluate the demo's 128-row generate
+calls (the sweeps, the tpu/ recipe, the notebook, SIGKILL and resume) execute enough to lose by them (BENCHMARKS.md,
+"Test suite"), and the demo-accuracy tests execute hundreds of steps: they keep XLA's defaults.
 """
 from __future__ import annotations
 
@@ -30,8 +32,3 @@ def fake_devices_env(devices: int, *, fast_compile: bool = False, **extra: str) 
     compile flags tests/conftest.py sets for the fast tier; with `fast_compile`, in either tier) and `extra`."""
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices, fast_compile), **extra)
 
-
-def fast_compile_env(**extra: str) -> dict[str, str]:
-    """os.environ on the CPU backend with the fast-compile flags added to the session's XLA flags, plus `extra`:
-    for subprocesses that compile many programs and run each a few times, in either tier."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(fast_compile=True), **extra)
