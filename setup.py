@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["dllm_rl", "dllm_rl.*", "experiments", "experiments.*"]),
-    package_data={"dllm_rl.tasks": ["data/*", "data/**/*"], "dllm_rl.assets": ["demo_model/*", "llada_8b_instruct_meta/*"],
+    package_data={"dllm_rl.tasks": ["data/*", "data/**/*"], "dllm_rl.assets": ["demo_model/*", "demo_model_dream/*",
+                                                                                   "llada_8b_instruct_meta/*"],
                   "experiments": ["configs/*.gin"]},
     install_requires=[
         # CPU: jax 0.10.x (py3.11); the GPU image ships jax 0.11.2 / flax 0.12.10 / orbax 0.12.4 (py3.12).

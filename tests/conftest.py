@@ -20,6 +20,8 @@ import tempfile
 import jax
 import pytest
 
+from tests.helpers.xla_env import xla_flags
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _OWN_CACHE_DIR = None if os.environ.get("JAX_COMPILATION_CACHE_DIR") else tempfile.mkdtemp(prefix="dllm_rl_tests_xla_")
@@ -43,15 +45,13 @@ _COSTLIEST_MODULES_FIRST = ("test_train.py", "test_sampling.py", "test_multihost
 # The fast tier's programs are tiny and mostly run a few times, so compiling them is most of its time: it compiles
 # with LLVM's optimisations off (about half the compile time for 1.5-2x slower execution; the same HLO, rounding
 # may differ in the last bits, e.g. without fused multiply-adds). The slow tier keeps XLA's defaults: its end-to-end
-# runs execute for long. Subprocesses inherit the flags (tests/helpers/xla_env.py keeps them with the device count).
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-
-
+# runs execute for long (its subprocesses that compile much and execute little ask for the flags themselves:
+# tests/helpers/xla_env.py).
+# Subprocesses inherit the flags (tests/helpers/xla_env.py keeps them with the device count).
 def pytest_configure(config):
     if config.getoption("markexpr", "").strip() == "slow":
         return
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f for f in FAST_COMPILE_FLAGS if f not in flags])
+    os.environ["XLA_FLAGS"] = xla_flags(fast_compile=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -152,7 +152,7 @@ def test_expert_parallel_layer_equals_the_unsharded_one_on_8_fake_devices():
     rules (experts not split; XLA partitions the grouped dispatch), with experts split over 'fsdp' (tokens gathered
     and scattered back), with the MLP width also over 'tensor', and with experts over an axis the rows are not
     split on."""
-    env = fake_devices_env(8)
+    env = fake_devices_env(8, fast_compile=True)
     result = subprocess.run([sys.executable, "-c", EXPERT_PARALLEL], env=env, capture_output=True, text=True,
                             timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "EXPERT_PARALLEL_OK" in result.stdout, result.stderr[-3000:]

@@ -18,6 +18,7 @@ from dllm_rl.checkpoint import load_orbax
 from dllm_rl.metrics import read_metrics
 from dllm_rl.parallel import mesh as pm, multihost
 from dllm_rl.rl.train import FINAL_MODEL_DIR, TIMING_KEYS
+from tests.helpers.xla_env import fake_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "experiments/configs/demo.gin")
@@ -33,8 +34,6 @@ FSDP = "dllm_rl.MeshConfig.shape = {'data': 1, 'fsdp': 8, 'tensor': 1}"
 DATA = "dllm_rl.MeshConfig.shape = {'data': 8, 'fsdp': 1, 'tensor': 1}"
 FSDP_TENSOR = "dllm_rl.MeshConfig.shape = {'data': 2, 'fsdp': 2, 'tensor': 2}"
 TIMEOUT = 420
-# Compilation dominates these short runs; every run compiles the same way, so results stay comparable.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _free_port() -> int:
@@ -45,8 +44,8 @@ def _free_port() -> int:
 
 def _start(workdir, mesh, num_processes=1, devices=8, extra=(), flags=()):
     """Starts `experiments.run` (with `flags`) as `num_processes` processes sharing `devices` fake CPU devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // num_processes} {FAST_COMPILE}")
+    # Compilation dominates these short runs; every run compiles the same way, so results stay comparable.
+    env = fake_devices_env(devices // num_processes, fast_compile=True)
     cmd = [sys.executable, "-m", "experiments.run", "--gin", DEMO, "--workdir", str(workdir), "--no_progress",
            "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"], *flags]  # the session's cache (conftest)
     for binding in TINY + [mesh, *extra]:
