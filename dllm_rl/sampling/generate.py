@@ -116,7 +116,7 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
     if draws is not None and sampler.parallel_threshold is not None:
         raise SamplerInputError("draws are indexed by a fixed step count; they cannot drive parallel_threshold, "
                                 "whose step count is dynamic (pass rng instead)")
-    needs_random = sampler.temperature > 0 or sampler.remasking == "random"
+    needs_random = sampler.temperature > 0 or sampler.samples_positions
     if sampler.row_keys and draws is not None:
         raise SamplerInputError("row_keys=True draws each row's randomness from its own key; replayed draws "
                                 "replace the keys (pass rng, or row_keys=False to replay)")
