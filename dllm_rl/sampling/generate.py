@@ -21,6 +21,8 @@ Differences between the two semantics (selected by `record`):
 Early stop (default on with record): at a block start, a row whose previous block is all EOS gets EOS in every
 remaining position (unmask step = the current step), takes no further commits, and the loop ends once every row
 is done. Block 0 has no previous block (the AGRPO reference inspects an empty or prompt slice there; not copied).
+Dream's own sampler (`schedule="dream"`, remasking maskgit_plus / topk_margin / entropy / origin, `alg_temp`) is a
+set of options of the same loop (SamplerConfig; docs/algorithm.md).
 Ties among position scores are broken towards the lower position (the references leave the order unspecified).
 Exact ties at the top-p cut are ordered by token id (candidates.py).
 
