@@ -1,5 +1,5 @@
-"""Dream's own sampler rules (schedule="dream", remasking maskgit_plus / topk_margin / entropy / origin, alg_temp)
-token for token against Dream's `_sample` run on the tiny Dream fixture (tests/fixtures/dream_sampler/README.md),
+"""Dream's own sampler rules (schedule="dream", remasking maskgit_plus / topk_margin / entropy / origin, alg_temp,
+truncation="dream" with top-p / top-k) token for token against Dream's `_sample` run on the tiny Dream fixture (tests/fixtures/dream_sampler/README.md),
 under left padding, greedy and with replayed draws; and the bit-exact copy of its float32 timesteps."""
 import numpy as np
 import pytest
@@ -9,17 +9,21 @@ from dllm_rl.sampling.schedule import SamplerInputError, dream_timesteps, sample
 from tests.helpers import family_goldens as fg
 
 STEPS, GEN, EPS, LM_HEAD_SCALE = 5, 10, 1e-3, 6.0
-CASES = {  # name: (remasking, temperature, alg_temp, seed of the replayed uniforms), as the generator's
-    "maskgit_plus_greedy": ("maskgit_plus", 0.0, None, 11),
-    "topk_margin_greedy": ("topk_margin", 0.0, None, 12),
-    "entropy_greedy": ("entropy", 0.0, None, 13),
-    "origin_greedy": ("origin", 0.0, None, 14),
-    "maskgit_plus_t07": ("maskgit_plus", 0.7, None, 21),
-    "topk_margin_t07": ("topk_margin", 0.7, None, 22),
-    "entropy_t07": ("entropy", 0.7, None, 23),
-    "origin_t07": ("origin", 0.7, None, 24),
-    "maskgit_plus_t07_algtemp05": ("maskgit_plus", 0.7, 0.5, 31),
-    "topk_margin_greedy_algtemp02": ("topk_margin", 0.0, 0.2, 32),
+CASES = {  # name: (remasking, temperature, alg_temp, seed of the replayed uniforms, top_p, top_k), as the generator's
+    "maskgit_plus_greedy": ("maskgit_plus", 0.0, None, 11, None, None),
+    "topk_margin_greedy": ("topk_margin", 0.0, None, 12, None, None),
+    "entropy_greedy": ("entropy", 0.0, None, 13, None, None),
+    "origin_greedy": ("origin", 0.0, None, 14, None, None),
+    "maskgit_plus_t07": ("maskgit_plus", 0.7, None, 21, None, None),
+    "topk_margin_t07": ("topk_margin", 0.7, None, 22, None, None),
+    "entropy_t07": ("entropy", 0.7, None, 23, None, None),
+    "origin_t07": ("origin", 0.7, None, 24, None, None),
+    "maskgit_plus_t07_algtemp05": ("maskgit_plus", 0.7, 0.5, 31, None, None),
+    "topk_margin_greedy_algtemp02": ("topk_margin", 0.0, 0.2, 32, None, None),
+    "maskgit_plus_t1_topp09_topk20": ("maskgit_plus", 1.0, None, 41, 0.9, 20),
+    "entropy_t1_topk8": ("entropy", 1.0, None, 42, None, 8),
+    "topk_margin_greedy_topp07": ("topk_margin", 0.0, None, 43, 0.7, None),
+    "origin_t1_topp08": ("origin", 1.0, None, 44, 0.8, None),
 }
 
 
@@ -43,11 +47,12 @@ def replayed_draws(seed, shape_BxT, vocab, temperature, remasking, alg_temp):
 @pytest.mark.parametrize("case", CASES)
 def test_matches_dreams_sampler(dream, case):
     config, params, golden = dream
-    remasking, temperature, alg_temp, seed = CASES[case]
+    remasking, temperature, alg_temp, seed, top_p, top_k = CASES[case]
     ids, mask = golden["prompt_ids"], golden["prompt_mask"]
     shape = (ids.shape[0], ids.shape[1] + GEN)
     out = generate(config, params, ids, attention_mask=mask, steps=STEPS, gen_length=GEN, block_length=GEN,
                    temperature=temperature, remasking=remasking, schedule="dream", eps=EPS, alg_temp=alg_temp,
+                   top_p=top_p or 1.0, top_k=top_k, truncation="dream",
                    draws=replayed_draws(seed, shape, config.embedding_size, temperature, remasking, alg_temp))
     np.testing.assert_array_equal(np.asarray(out.tokens), golden[f"{case}_tokens"])
     # the step each position was revealed at: Dream's history against our unmask steps
@@ -67,7 +72,7 @@ def test_timesteps_are_torchs_float32_linspace(dream):
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(schedule="dream", block_length=4), "block_length = gen_length"),
     (dict(remasking="origin"), "schedule='dream'"),
-    (dict(schedule="dream", block_length=8, temperature=1.0, top_p=0.9), "top_k/top_p"),
+    (dict(truncation="hf"), "truncation="),
     (dict(remasking="random", alg_temp=0.5), "alg_temp"),
     (dict(schedule="cosine"), "schedule="),
 ])

@@ -8,6 +8,9 @@ and padding-skipping positions re-derived there) and checks downstream of the lo
     and entropy of each committed token;
   * AGRPO's per-token log-probs at every step of that trajectory and its per-timestep loss;
   * d1's (diffu-GRPO) one-step log-probs under a recorded prompt mask and its loss.
+Under left padding Dream's padding-skipping positions equal 0..T-1 shifted by a constant, which RoPE cannot see
+(padded keys are hidden), so here they matter only through the padding mask; test_dream.py checks a hole in the
+middle. Dropping the shift (in the library or in the reference) or the padding mask fails every test here.
 """
 import jax
 import jax.numpy as jnp
@@ -93,8 +96,7 @@ def reference_rollout(family, ids, mask, u):
             m_B = np.sum(unmask[:, start - p:start - p + BLOCK] < 0, axis=1)
         for r in range(b):
             open_n = unmask[r, start - p:start - p + BLOCK] < 0
-            m = int(m_B[r])
-            count = m // spb + (s % spb < m % spb)
+            count = m_B[r] // spb + (s % spb < m_B[r] % spb)
             score = np.where(open_n, logp[r], -np.inf)
             order = np.argsort(-score, kind="stable")
             if count < open_n.sum():
@@ -119,11 +121,12 @@ def test_sampler_step_choices_and_records(family, rollout):
 
 
 def agrpo_batch(ids, mask, out, advantages):
+    """The rollout as an AGRPO batch; old log-probs moved off the rollout's by 0.3 sin(j), so some ratios clip."""
     return agrpo.AGRPOBatch(
-        prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask), completion_ids=jnp.asarray(out.tokens[:, ids.shape[1]:]),
-        unmask_step=jnp.asarray(out.unmask_step), old_logp=jnp.asarray(out.logp + 0.3 * np.sin(np.arange(GEN))),
-        entropy=jnp.asarray(out.entropy), advantages=jnp.asarray(advantages, jnp.float32),
-        keep=trunc.expand(out.truncation))
+        prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask),
+        completion_ids=jnp.asarray(out.tokens[:, ids.shape[1]:]), unmask_step=jnp.asarray(out.unmask_step),
+        old_logp=jnp.asarray(out.logp + 0.3 * np.sin(np.arange(GEN))), entropy=jnp.asarray(out.entropy),
+        advantages=jnp.asarray(advantages, jnp.float32), keep=trunc.expand(out.truncation))
 
 
 def test_agrpo_token_log_probs_and_loss(family, rollout):

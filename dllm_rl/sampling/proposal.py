@@ -102,4 +102,5 @@ def propose(logits_BxNxV: jax.Array, sampler: SamplerConfig, gumbel_source, with
         return propose_from(cand.all_tokens(scaled_BxNxV), sampler, gumbel_source, with_stats, True, vocab_size)
     return cand.with_candidates(
         scaled_BxNxV, sampler.top_k, sampler.top_p,
-        lambda c: propose_from(c, sampler, gumbel_source, with_stats, False, vocab_size))
+        lambda c: propose_from(c, sampler, gumbel_source, with_stats, False, vocab_size),
+        dream=sampler.truncation == "dream")

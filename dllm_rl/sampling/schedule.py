@@ -13,6 +13,7 @@ import numpy as np
 
 REMASKING = ("low_confidence", "random", "entropy", "maskgit_plus", "topk_margin", "origin")
 SCHEDULES = ("llada", "dream")
+TRUNCATIONS = ("agrpo", "dream")
 
 # Token ids the reference generate() hard-codes for logits_eos_inf / confidence_eos_eot_inf (LLaDA-8B vocabulary).
 REFERENCE_EOS_ID = 126081
@@ -48,6 +49,9 @@ class SamplerConfig:
     "topk_margin" its top-1 minus top-2 probability, "entropy" its negative entropy; "origin" (schedule "dream")
     commits each open position independently with probability 1 - t[i+1] / t[i]. `alg_temp` > 0 samples the
     committed positions instead of taking the best: without replacement, from softmax(score / alg_temp).
+    `truncation="dream"` is Dream's top-p/top-k (candidates.py): top-p on the whole vocabulary keeping the token
+    that crosses p, then top-k, applied at temperature 0 too (it then changes the confidences, not the argmax);
+    the default "agrpo" is the AGRPO reference's (top-k, then top-p among those; nothing at temperature 0).
     """
 
     steps: int
@@ -71,6 +75,7 @@ class SamplerConfig:
     schedule: str = "llada"
     eps: float = 1e-3
     alg_temp: float | None = None
+    truncation: str = "agrpo"
 
     @property
     def num_blocks(self) -> int:
@@ -82,8 +87,9 @@ class SamplerConfig:
 
     @property
     def truncates(self) -> bool:
-        """Whether sampling restricts the vocabulary (top-k/top-p act only when temperature > 0, as in AGRPO)."""
-        return self.temperature > 0 and (self.top_k is not None or self.top_p < 1.0)
+        """Whether sampling restricts the vocabulary (top-k/top-p act only when temperature > 0 in AGRPO, always in
+        Dream)."""
+        return (self.temperature > 0 or self.truncation == "dream") and (self.top_k is not None or self.top_p < 1.0)
 
     @property
     def samples_positions(self) -> bool:
@@ -139,16 +145,14 @@ class SamplerConfig:
         """The options of Dream's sampler: what they need and what they cannot be combined with."""
         if self.schedule not in SCHEDULES:
             raise SamplerInputError(f"schedule={self.schedule!r}; choose one of {SCHEDULES}")
+        if self.truncation not in TRUNCATIONS:
+            raise SamplerInputError(f"truncation={self.truncation!r}; choose one of {TRUNCATIONS}")
         if self.schedule == "dream":
             if self.block_length != self.gen_length:
                 raise SamplerInputError(f"schedule='dream' runs the generation as one block (Dream's sampler has "
                                         f"none): set block_length = gen_length = {self.gen_length}")
             if not 0.0 < self.eps < 1.0:
                 raise SamplerInputError(f"eps must be in (0, 1) (Dream's last timestep), got {self.eps}")
-            if self.truncates:
-                raise SamplerInputError("top_k/top_p with schedule='dream': Dream truncates by its own rule (top-p "
-                                        "keeps the token that crosses p, then top-k), which is not implemented; "
-                                        "leave top_k=None and top_p=1.0")
             if self.fast:
                 raise SamplerInputError("fast=True has no Dream schedule; use schedule='llada' or fast=False")
         if self.remasking == "origin" and self.schedule != "dream":
@@ -251,7 +255,7 @@ def sampler_config(*, steps: int, gen_length: int, block_length: int, temperatur
                    eos_logit_id: int = REFERENCE_EOS_ID, eot_logit_id: int = REFERENCE_EOT_ID, record: bool = False,
                    early_stop: bool | None = None, infill: bool = False, fast: bool = False,
                    parallel_threshold: float | None = None, row_keys: bool = False, schedule: str = "llada",
-                   eps: float = 1e-3, alg_temp: float | None = None) -> SamplerConfig:
+                   eps: float = 1e-3, alg_temp: float | None = None, truncation: str = "agrpo") -> SamplerConfig:
     """A normalised SamplerConfig from generate()'s keyword arguments: early_stop None follows record, top_k 0
     means off, alg_temp 0 means None, numbers get their canonical types (so equal settings share one compiled
     program)."""
@@ -262,4 +266,4 @@ def sampler_config(*, steps: int, gen_length: int, block_length: int, temperatur
         eos_logit_id=int(eos_logit_id), eot_logit_id=int(eot_logit_id), record=record,
         early_stop=record if early_stop is None else bool(early_stop), infill=infill, fast=bool(fast),
         parallel_threshold=None if parallel_threshold is None else float(parallel_threshold), row_keys=bool(row_keys),
-        schedule=schedule, eps=float(eps), alg_temp=float(alg_temp) if alg_temp else None)
+        schedule=schedule, eps=float(eps), alg_temp=float(alg_temp) if alg_temp else None, truncation=truncation)
