@@ -22,7 +22,7 @@ CASES = {  # name: (remasking, temperature, alg_temp, seed of the replayed unifo
     "topk_margin_greedy_algtemp02": ("topk_margin", 0.0, 0.2, 32, None, None),
     "maskgit_plus_t1_topp09_topk20": ("maskgit_plus", 1.0, None, 41, 0.9, 20),
     "entropy_t1_topk8": ("entropy", 1.0, None, 42, None, 8),
-    "topk_margin_greedy_topp07": ("topk_margin", 0.0, None, 43, 0.7, None),
+    "maskgit_plus_greedy_topp095_topk3": ("maskgit_plus", 0.0, None, 43, 0.95, 3),
     "origin_t1_topp08": ("origin", 1.0, None, 44, 0.8, None),
 }
 
