@@ -140,7 +140,6 @@ class SamplerConfig:
             if not 0.0 <= self.parallel_threshold <= 1.0:
                 raise SamplerInputError(f"parallel_threshold must be in [0, 1], got {self.parallel_threshold}")
 
-
     def validate_dream(self) -> None:
         """The options of Dream's sampler: what they need and what they cannot be combined with."""
         if self.schedule not in SCHEDULES:
