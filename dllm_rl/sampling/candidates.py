@@ -4,6 +4,9 @@ Semantics (the AGRPO reference's `gumbel_sample`, docs/algorithm.md): top-k remo
 k-th largest, so every token tied at the k-th value is kept; top-p then sorts the remaining logits in
 descending order and removes tokens once the cumulative softmax mass exceeds p, always keeping the first.
 Exact ties at the top-p cut are ordered by token id (the reference's torch.sort leaves that order unspecified).
+Dream's rule (`dream=True`, its `sample_tokens`): top-p first, on the whole vocabulary, keeping the token at which
+the cumulative mass crosses p (HF's rule: a token is removed once the mass before it exceeds p), then top-k; the
+kept set is the intersection of the two (top-p keeps a prefix of the sorted order).
 
 A `Candidates` holds, per position, C candidate tokens in descending order of their scaled logit (ties: lower id
 first) and which of them are kept. Everything downstream (Gumbel-max draw, log-prob, entropy, packed record)
@@ -40,15 +43,24 @@ def all_tokens(scaled_BxNxV: jax.Array) -> Candidates:
     return Candidates(scaled_BxNxV, ids_BxNxV, jnp.ones(scaled_BxNxV.shape, bool))
 
 
-def top_p_remove_sorted(sorted_desc_BxNxC: jax.Array, top_p: float) -> jax.Array:
+def top_p_remove_sorted(sorted_desc_BxNxC: jax.Array, top_p: float, lse_BxNx1: jax.Array | None = None,
+                        dream: bool = False) -> jax.Array:
     """Reference rule on logits sorted descending: remove once the cumulative softmax mass exceeds p (the first
-    token always stays). -inf entries carry no mass."""
-    cum_BxNxC = jnp.cumsum(jax.nn.softmax(sorted_desc_BxNxC, axis=-1), axis=-1)
-    return (cum_BxNxC > top_p).at[..., 0].set(False)
+    token always stays). -inf entries carry no mass. `lse_BxNx1`: the softmax normaliser when the list is a prefix
+    of a longer one (default: its own). `dream`: remove once the mass before the token exceeds p."""
+    if lse_BxNx1 is None:
+        prob_BxNxC = jax.nn.softmax(sorted_desc_BxNxC, axis=-1)
+    else:
+        prob_BxNxC = jnp.exp(sorted_desc_BxNxC - lse_BxNx1)
+    over_BxNxC = jnp.cumsum(prob_BxNxC, axis=-1) > top_p
+    if dream:  # shifted right by one: the token that crosses p stays
+        over_BxNxC = jnp.concatenate([jnp.zeros_like(over_BxNxC[..., :1]), over_BxNxC[..., :-1]], axis=-1)
+    return over_BxNxC.at[..., 0].set(False)
 
 
-def sorted_vocabulary(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float) -> Candidates:
-    """Exact for any ties: the whole vocabulary in one stable descending sort, top-k then top-p on it."""
+def sorted_vocabulary(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float, dream: bool = False) -> Candidates:
+    """Exact for any ties: the whole vocabulary in one stable descending sort, top-k then top-p on it (`dream`:
+    Dream's top-p on the whole vocabulary, and top-k)."""
     iota_BxNxV = jax.lax.broadcasted_iota(jnp.int32, scaled_BxNxV.shape, scaled_BxNxV.ndim - 1)
     neg_BxNxV, ids_BxNxV = jax.lax.sort((-scaled_BxNxV, iota_BxNxV), dimension=-1, num_keys=1, is_stable=True)
     values_BxNxV = -neg_BxNxV
@@ -56,8 +68,8 @@ def sorted_vocabulary(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float) 
     if top_k is not None and top_k < values_BxNxV.shape[-1]:
         keep_BxNxV = values_BxNxV >= values_BxNxV[..., top_k - 1:top_k]
     if top_p < 1.0:
-        masked_BxNxV = jnp.where(keep_BxNxV, values_BxNxV, -jnp.inf)
-        keep_BxNxV = keep_BxNxV & ~top_p_remove_sorted(masked_BxNxV, top_p)
+        masked_BxNxV = values_BxNxV if dream else jnp.where(keep_BxNxV, values_BxNxV, -jnp.inf)
+        keep_BxNxV = keep_BxNxV & ~top_p_remove_sorted(masked_BxNxV, top_p, dream=dream)
     return Candidates(values_BxNxV, ids_BxNxV, keep_BxNxV)
 
 
@@ -86,8 +98,10 @@ def two_round_top_k(x_BxNxV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return values, jnp.take_along_axis(ids1.reshape(lead + (m * k,)), where, axis=-1)
 
 
-def top_k_list(scaled_BxNxV: jax.Array, top_k: int, top_p: float) -> tuple[Candidates, jax.Array]:
-    """(the k best tokens with top-p applied among them, scalar bool: exact everywhere in the batch).
+def top_k_list(scaled_BxNxV: jax.Array, top_k: int, top_p: float, dream: bool = False
+               ) -> tuple[Candidates, jax.Array]:
+    """(the k best tokens with top-p applied among them, scalar bool: exact everywhere in the batch); `dream`:
+    Dream's top-p, whose softmax is over the whole vocabulary.
 
     Not exact where the (k+1)-th value equals the k-th: top-k then keeps more than k tied tokens (and top-p's
     softmax normaliser includes them all)."""
@@ -96,19 +110,23 @@ def top_k_list(scaled_BxNxV: jax.Array, top_k: int, top_p: float) -> tuple[Candi
     exact = jnp.all(values_BxNxC1[..., top_k] < values_BxNxC1[..., top_k - 1])
     keep_BxNxC = jnp.ones(values_BxNxC.shape, bool)
     if top_p < 1.0:
-        keep_BxNxC = ~top_p_remove_sorted(values_BxNxC, top_p)
+        lse_BxNx1 = jax.nn.logsumexp(scaled_BxNxV, axis=-1, keepdims=True) if dream else None
+        keep_BxNxC = ~top_p_remove_sorted(values_BxNxC, top_p, lse_BxNx1, dream)
     return Candidates(values_BxNxC, ids_BxNxC, keep_BxNxC), exact
 
 
-def with_candidates(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float, fn: Callable[[Candidates], object]):
-    """fn(candidates) on the cheapest exact candidate list for this truncation (module docstring).
+def with_candidates(scaled_BxNxV: jax.Array, top_k: int | None, top_p: float, fn: Callable[[Candidates], object],
+                    dream: bool = False):
+    """fn(candidates) on the cheapest exact candidate list for this truncation (module docstring; `dream`: Dream's
+    rule).
 
     `fn`'s outputs must not depend on C (the two lists of the top-k case differ in length)."""
     v = scaled_BxNxV.shape[-1]
     if top_k is None or top_k >= v:
-        return fn(sorted_vocabulary(scaled_BxNxV, None, top_p) if top_p < 1.0 else all_tokens(scaled_BxNxV))
-    short, exact = top_k_list(scaled_BxNxV, top_k, top_p)
-    return jax.lax.cond(exact, lambda: fn(short), lambda: fn(sorted_vocabulary(scaled_BxNxV, top_k, top_p)))
+        return fn(sorted_vocabulary(scaled_BxNxV, None, top_p, dream) if top_p < 1.0 else all_tokens(scaled_BxNxV))
+    short, exact = top_k_list(scaled_BxNxV, top_k, top_p, dream)
+    return jax.lax.cond(exact, lambda: fn(short),
+                        lambda: fn(sorted_vocabulary(scaled_BxNxV, top_k, top_p, dream)))
 
 
 def batch_index(ids: jax.Array) -> tuple[jax.Array, ...]:

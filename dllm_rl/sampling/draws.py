@@ -29,9 +29,10 @@ def prepare_draws(sampler: SamplerConfig, draws: dict, prompt_shape) -> dict:
         if u.shape[:3] != (sampler.steps, b, t):
             raise SamplerInputError(f"draws['gumbel'] shape {u.shape} != ({sampler.steps}, {b}, {t}, V)")
         out["gumbel_MxBxTxV"] = jnp.asarray(gumbel_from_uniforms(u))
-    if sampler.remasking == "random":
+    if sampler.samples_positions:
         if "score" not in draws:
-            raise SamplerInputError("draws needs 'score' uniforms when remasking='random'")
+            raise SamplerInputError("draws needs 'score' uniforms when remasking is 'random' or 'origin' or "
+                                    "alg_temp > 0")
         u = np.asarray(draws["score"], np.float32)
         if u.shape != (sampler.steps, b, t):
             raise SamplerInputError(f"draws['score'] shape {u.shape} != ({sampler.steps}, {b}, {t})")
@@ -56,10 +57,10 @@ def step_draws(sampler: SamplerConfig, rng, draws: dict | None, step, start, b: 
     if sampler.row_keys:
         k_gumbel_BxN, k_score_BxN = position_keys(rng, step, start, n)
         score_BxN = (jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(k_score_BxN)
-                     if sampler.remasking == "random" else None)
+                     if sampler.samples_positions else None)
         return k_gumbel_BxN, score_BxN
     k_gumbel, k_score = jax.random.split(jax.random.fold_in(rng, step))
-    score_BxN = jax.random.uniform(k_score, (b, n), jnp.float32) if sampler.remasking == "random" else None
+    score_BxN = jax.random.uniform(k_score, (b, n), jnp.float32) if sampler.samples_positions else None
     return k_gumbel, score_BxN
 
 

@@ -21,6 +21,8 @@ Differences between the two semantics (selected by `record`):
 Early stop (default on with record): at a block start, a row whose previous block is all EOS gets EOS in every
 remaining position (unmask step = the current step), takes no further commits, and the loop ends once every row
 is done. Block 0 has no previous block (the AGRPO reference inspects an empty or prompt slice there; not copied).
+Dream's own sampler (`schedule="dream"`, remasking maskgit_plus / topk_margin / entropy / origin, `alg_temp`) is a
+set of options of the same loop (SamplerConfig; docs/algorithm.md).
 Ties among position scores are broken towards the lower position (the references leave the order unspecified).
 Exact ties at the top-p cut are ordered by token id (candidates.py).
 
@@ -116,7 +118,7 @@ def generate(config: llada.LLaDAConfig, params, prompt_ids, sampler: SamplerConf
     if draws is not None and sampler.parallel_threshold is not None:
         raise SamplerInputError("draws are indexed by a fixed step count; they cannot drive parallel_threshold, "
                                 "whose step count is dynamic (pass rng instead)")
-    needs_random = sampler.temperature > 0 or sampler.remasking == "random"
+    needs_random = sampler.temperature > 0 or sampler.samples_positions
     if sampler.row_keys and draws is not None:
         raise SamplerInputError("row_keys=True draws each row's randomness from its own key; replayed draws "
                                 "replace the keys (pass rng, or row_keys=False to replay)")

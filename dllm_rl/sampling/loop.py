@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from dllm_rl.sampling import block_logits, scoring
 from dllm_rl.sampling.draws import step_draws
 from dllm_rl.sampling.proposal import Proposal, propose
-from dllm_rl.sampling.schedule import SamplerConfig, transfer_count
+from dllm_rl.sampling.schedule import SamplerConfig, dream_transfer_count, transfer_count
 
 
 class State(NamedTuple):
@@ -82,7 +82,7 @@ def denoise(run: Run, s: State, logits_BxNxV: jax.Array, start, block_end, count
     b, n, vocab = logits_BxNxV.shape
     gumbel_source, uniform_BxN = step_draws(sampler, run.rng, run.draws, s.step, start, b, n, vocab)
     prop = propose(logits_BxNxV, sampler, gumbel_source, scoring.needs_stats(sampler))
-    score_BxN = scoring.position_scores(sampler, logits_BxNxV, prop, uniform_BxN)
+    score_BxN = scoring.position_scores(sampler, logits_BxNxV, prop, uniform_BxN, s.step)
     return commit_best(run, s, prop, score_BxN, start, block_end, count_B)
 
 
@@ -92,7 +92,7 @@ def commit_best(run: Run, s: State, prop: Proposal, score_BxN: jax.Array, start,
     b, n = score_BxN.shape
     open_BxN = jax.lax.dynamic_slice(is_open(run, s), (0, start), (b, n))
     cand_BxN = open_BxN & (start + jnp.arange(n) < block_end)[None]
-    sel_BxN = scoring.select(cand_BxN, score_BxN, count_B, run.sampler.parallel_threshold)
+    sel_BxN = scoring.choose(run.sampler, cand_BxN, score_BxN, count_B)
     return commit(run, s, prop, sel_BxN, start)
 
 
@@ -129,7 +129,7 @@ def straggler_denoise(run: Run, s: State, block_end, count_B) -> State:
             source = None
         prop = propose(logits_BxNxV, sampler, source, scoring.needs_stats(sampler))
         uniform_BxN = None if uniform_BxT is None else jax.lax.dynamic_slice_in_dim(uniform_BxT, start, n, axis=1)
-        score_BxN = scoring.position_scores(sampler, logits_BxNxV, prop, uniform_BxN)
+        score_BxN = scoring.position_scores(sampler, logits_BxNxV, prop, uniform_BxN, s.step)
         return (jax.lax.dynamic_update_slice_in_dim(x0_BxT, prop.x0_BxN, start, axis=1),
                 jax.lax.dynamic_update_slice_in_dim(score_BxT, score_BxN.astype(jnp.float32), start, axis=1)), None
 
@@ -167,7 +167,11 @@ def exact_body(run: Run, s: State) -> State:
     block, i = s.step // spb, s.step % spb
     start = run.prompt_len + block * sampler.block_length
     block_end = start + sampler.block_length
-    count_B = jnp.where(s.done_B, 0, transfer_count(s.masked_B, spb, i))
+    if sampler.schedule == "dream":  # from the open positions now (the whole sequence, as Dream counts them)
+        per_step_B = dream_transfer_count(jnp.sum(is_open(run, s), axis=1, dtype=jnp.int32), sampler, s.step)
+    else:
+        per_step_B = transfer_count(s.masked_B, spb, i)
+    count_B = jnp.where(s.done_B, 0, per_step_B)
     block_step = functools.partial(exact_denoise, run, start=start, n=sampler.block_length, block_end=block_end,
                                    count_B=count_B)
     if sampler.record:

@@ -30,12 +30,26 @@ from dllm_rl.sampling.schedule import SamplerConfig
 
 class Proposal(NamedTuple):
     """x0_BxN int32 proposed tokens; logp_BxN / ent_BxN float32 log-prob and entropy under the scaled truncated
-    distribution (None unless asked for); bits_BxNxVb uint8 packed kept sets (None unless recorded)."""
+    distribution (None unless asked for); bits_BxNxVb uint8 packed kept sets (None unless recorded);
+    margin_BxN float32 top-1 minus top-2 probability of that distribution (None unless asked for)."""
 
     x0_BxN: jax.Array
     logp_BxN: jax.Array | None
     ent_BxN: jax.Array | None
     bits_BxNxVb: jax.Array | None
+    margin_BxN: jax.Array | None = None
+
+
+def top2_margin(cands: cand.Candidates) -> jax.Array:
+    """float32 [B, N]: the largest minus the second largest probability of softmax over the kept candidates (0 for
+    the second when only one is kept), Dream's topk_margin confidence."""
+    kept_BxNxC = jnp.where(cands.keep_BxNxC, cands.values_BxNxC, -jnp.inf)
+    lse_BxNx1 = jax.nn.logsumexp(kept_BxNxC, axis=-1, keepdims=True)
+    first_BxN = jnp.argmax(kept_BxNxC, axis=-1)
+    slot_BxNxC = jax.lax.broadcasted_iota(jnp.int32, kept_BxNxC.shape, kept_BxNxC.ndim - 1)
+    v1_BxN = jnp.max(kept_BxNxC, axis=-1)
+    v2_BxN = jnp.max(jnp.where(slot_BxNxC == first_BxN[..., None], -jnp.inf, kept_BxNxC), axis=-1)
+    return jnp.exp(v1_BxN - lse_BxNx1[..., 0]) - jnp.exp(v2_BxN - lse_BxNx1[..., 0])
 
 
 def candidate_gumbel(source, cands: cand.Candidates, by_id: bool) -> jax.Array:
@@ -69,12 +83,14 @@ def propose_from(cands: cand.Candidates, sampler: SamplerConfig, gumbel_source, 
     gumbel_BxNxC = None if sampler.temperature == 0 else candidate_gumbel(gumbel_source, cands, by_id)
     slot_BxN = best_slot(cands, gumbel_BxNxC, by_id)
     x0_BxN = gather_tokens(cands.ids_BxNxC, slot_BxN)
-    logp_BxN = ent_BxN = bits_BxNxVb = None
+    logp_BxN = ent_BxN = bits_BxNxVb = margin_BxN = None
     if with_stats:  # the candidate list is the kept distribution's support: statistics over C entries
         logp_BxN, ent_BxN = trunc.logp_and_entropy(cands.values_BxNxC, cands.keep_BxNxC, slot_BxN)
     if sampler.record and sampler.truncates:
         bits_BxNxVb = cand.packed_keep(cands, vocab_size)
-    return Proposal(x0_BxN, logp_BxN, ent_BxN, bits_BxNxVb)
+    if sampler.remasking == "topk_margin":
+        margin_BxN = top2_margin(cands)
+    return Proposal(x0_BxN, logp_BxN, ent_BxN, bits_BxNxVb, margin_BxN)
 
 
 def propose(logits_BxNxV: jax.Array, sampler: SamplerConfig, gumbel_source, with_stats: bool) -> Proposal:
@@ -86,4 +102,5 @@ def propose(logits_BxNxV: jax.Array, sampler: SamplerConfig, gumbel_source, with
         return propose_from(cand.all_tokens(scaled_BxNxV), sampler, gumbel_source, with_stats, True, vocab_size)
     return cand.with_candidates(
         scaled_BxNxV, sampler.top_k, sampler.top_p,
-        lambda c: propose_from(c, sampler, gumbel_source, with_stats, False, vocab_size))
+        lambda c: propose_from(c, sampler, gumbel_source, with_stats, False, vocab_size),
+        dream=sampler.truncation == "dream")
