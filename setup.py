@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["dllm_rl", "dllm_rl.*", "experiments", "experiments.*"]),
     package_data={"dllm_rl.tasks": ["data/*", "data/**/*"], "dllm_rl.assets": ["demo_model/*", "demo_model_dream/*",
+                                                                                   "demo_model_a2d_qwen3/*",
+                                                                                   "demo_model_llada_moe/*",
                                                                                    "llada_8b_instruct_meta/*"],
                   "experiments": ["configs/*.gin"]},
     install_requires=[

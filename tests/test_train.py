@@ -484,14 +484,16 @@ def test_demo_raises_held_out_accuracy_by_the_documented_bar(tmp_path):
 @pytest.mark.slow
 def test_dream_demo_raises_held_out_accuracy_by_the_documented_bar(tmp_path):
     """demo_dream.gin (the demo with a tiny Dream-style model, logits shifted by one) under the same bar as the
-    LLaDA demo: SFT, rollouts' recorded log-probs and the AGRPO loss must all read token i at raw position i - 1."""
-    cfg = parse_config([DEMO_DREAM], ["dllm_rl.TrainConfig.eval_every = 40",
+    LLaDA demo: SFT, rollouts' recorded log-probs and the AGRPO loss must all read token i at raw position i - 1.
+    Shortened for CI to 20 RL steps and 256 validation strings (the documented seed-0 run was at 67 % by step 20)."""
+    cfg = parse_config([DEMO_DREAM], ["dllm_rl.TrainConfig.num_steps = 20", "dllm_rl.TrainConfig.eval_every = 20",
+                                      "dllm_rl.TrainConfig.eval_examples = 256",
                                       "dllm_rl.TrainConfig.checkpoint_every = 0"])
     trainer = Trainer(cfg, tmp_path)
     assert trainer.model_config.family == "dream" and trainer.model_config.logit_shift
     rows = trainer.train(progress=False)
     evals = [r for r in rows if "eval_reward_mean" in r]
-    assert [r["step"] for r in evals] == [0, 40]
+    assert [r["step"] for r in evals] == [0, 20]
     before, after = evals
     assert after["eval_accuracy"] >= before["eval_accuracy"] + 0.20, (before, after)
     assert after["eval_reward_mean"] > before["eval_reward_mean"] + 0.5, (before, after)
