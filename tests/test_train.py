@@ -315,14 +315,20 @@ def test_dmpo_trains_with_rollout_time_elbo_weights(tmp_path, monkeypatch):
     assert _moved(trainer, before) > 0
 
 
+def _count_updates(monkeypatch) -> list:
+    """A list that gains an entry at every optimizer update (`steps.apply_update`) from now on."""
+    updates = []
+    apply_update = steps.apply_update
+    monkeypatch.setattr(steps, "apply_update", lambda *a, **k: updates.append(1) or apply_update(*a, **k))
+    return updates
+
+
 def test_tracerl_trains_on_the_recorded_trace_rows_in_order(tmp_path, monkeypatch):
     """TrainConfig.algorithm = 'tracerl': the recorded rollout's trace rows (those scoring nothing dropped) in row
     batches of `row_batch_size`, `row_batches_per_update` of them per optimizer update; finite PPO metrics, the
     adapters move, no reference kept (the KL is against the old policy)."""
     _fixed_advantages(monkeypatch)
-    updates = []
-    apply_update = steps.apply_update
-    monkeypatch.setattr(steps, "apply_update", lambda *a, **k: updates.append(1) or apply_update(*a, **k))
+    updates = _count_updates(monkeypatch)
     cfg = parse_config([DEMO], ONE_STEP + [
         "experiment.tracerl = @dllm_rl.TraceRLConfig()", "dllm_rl.TrainConfig.algorithm = 'tracerl'",
         "dllm_rl.TraceRLConfig.num_generations = 4", "dllm_rl.TraceRLConfig.sampling_steps = 8",
@@ -345,9 +351,7 @@ def test_dipo_trains_on_every_steps_row_with_a_kl_to_the_reference(tmp_path, mon
     the adapters move."""
     _fixed_advantages(monkeypatch)
     calls = _record_gradient_calls(monkeypatch)
-    updates = []
-    apply_update = steps.apply_update
-    monkeypatch.setattr(steps, "apply_update", lambda *a, **k: updates.append(1) or apply_update(*a, **k))
+    updates = _count_updates(monkeypatch)
     cfg = parse_config([DEMO], ONE_STEP + [
         "experiment.dipo = @dllm_rl.DiPOConfig()", "dllm_rl.TrainConfig.algorithm = 'dipo'",
         "dllm_rl.DiPOConfig.num_generations = 4", "dllm_rl.DiPOConfig.sampling_steps = 8",
